@@ -1,0 +1,542 @@
+"""numba kernels of the particle engine: neighbour lists, Hertzian forces,
+stress, Hessian, FIRE and overdamped steepest descent.
+
+Everything that calls everything else lives in this one module, so that
+numba's on-disk cache (``cache=True``) can never serve a kernel compiled
+against an older helper from another file.
+
+Conventions (SPEC.md section 0):
+
+- Lengths in units of the small particle's diameter; energies in units of
+  the pair prefactor. Radii ``rad`` (N,) are 0.5 (small) or 0.7 (large).
+- Pair energy u(r) = (1 - r/s)^2.5 for r < s = rad_i + rad_j, else 0.
+- The box is the parallelogram spanned by a1 = (Lx, 0) and
+  a2 = (tilt * Ly, Ly); ``tilt`` is the remapped xy strain, |tilt| <= 1/2.
+- Positions ``pos`` (N, 2) are Cartesian and continuous in time (never
+  wrapped by the kernels); they need not lie in the primary cell. A neighbour entry k of particle i stores j and the integer image
+  (mx, my) so that r_ij = x_j - x_i + mx * a1 + my * a2. The image is
+  chosen when the list is built and carried until the next rebuild.
+- Stress sigma_ab = (1/V) sum_pairs u'(r) r_a r_b / r = (1/V) dU/d(eps_ab):
+  positive shear stress under positive shear; pressure p = -tr(sigma)/2.
+
+Every reduction over particles is either a per-particle loop (parallel,
+each particle summing its own neighbours in list order) or a serial loop,
+so results are bit-for-bit independent of the thread count.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+# --------------------------------------------------------------------------
+# Box helpers
+# --------------------------------------------------------------------------
+
+@njit(cache=True)
+def wrap_into_cell(pos, Lx, Ly, tilt):
+    """Map positions (N, 2) into the primary parallelogram, in place."""
+    for i in range(pos.shape[0]):
+        sy = pos[i, 1] / Ly
+        fy = math.floor(sy)
+        pos[i, 1] -= fy * Ly
+        pos[i, 0] -= fy * tilt * Ly
+        sx = (pos[i, 0] - tilt * pos[i, 1]) / Lx
+        pos[i, 0] -= math.floor(sx) * Lx
+
+
+# --------------------------------------------------------------------------
+# Neighbour list (cell list in fractional coordinates, then Verlet list)
+# --------------------------------------------------------------------------
+
+@njit(cache=True)
+def _cell_grid(Lx, Ly, tilt, rcut):
+    """Cells per side so that every pair closer than rcut is in adjacent
+    cells: the slanted cell walls are (Lx/nx)/sqrt(1+tilt^2) apart."""
+    nx = int(Lx / (rcut * math.sqrt(1.0 + tilt * tilt)))
+    ny = int(Ly / rcut)
+    return nx, ny
+
+
+@njit(cache=True)
+def _pair_image(xi, yi, xj, yj, Lx, Ly, tilt):
+    """Minimum-image integers (mx, my) and separation for r_ij."""
+    dy = yj - yi
+    my = -math.floor(dy / Ly + 0.5)
+    dy += my * Ly
+    dx = xj - xi + my * tilt * Ly
+    mx = -math.floor((dx - tilt * dy) / Lx + 0.5)
+    dx += mx * Lx
+    return int(mx), int(my), dx, dy
+
+
+@njit(cache=True)
+def _scan_cells(i, pos, rad, Lx, Ly, tilt, skin, nx, ny, use_cells, cell_of,
+                cell_start, cell_members, nbr, imx, imy, k0):
+    """Neighbours of i from the 3x3 cells around it (or all particles).
+
+    Writes them from index k0 of nbr/imx/imy unless those are empty (a
+    counting pass). Returns the number found.
+    """
+    write = nbr.shape[0] > 0
+    cx = cell_of[i] % nx
+    cy = cell_of[i] // nx
+    span = 3 if use_cells else 1
+    k = k0
+    for ddy in range(span):
+        for ddx in range(span):
+            c = 0
+            if use_cells:
+                c = ((cx + ddx - 1) % nx) + nx * ((cy + ddy - 1) % ny)
+            for q in range(cell_start[c], cell_start[c + 1]):
+                j = cell_members[q]
+                if j == i:
+                    continue
+                mx, my, dx, dy = _pair_image(pos[i, 0], pos[i, 1], pos[j, 0], pos[j, 1],
+                                             Lx, Ly, tilt)
+                rc = rad[i] + rad[j] + skin
+                if dx * dx + dy * dy < rc * rc:
+                    if write:
+                        nbr[k] = j
+                        imx[k] = mx
+                        imy[k] = my
+                    k += 1
+    return k - k0
+
+
+@njit(cache=True, parallel=True)
+def _build_wrapped(pos, rad, Lx, Ly, tilt, skin):
+    """Full (both directions) Verlet list of pairs with r < rad_i+rad_j+skin.
+
+    pos (N, 2) must lie in the primary cell (see wrap_into_cell).
+    Returns (offsets (N+1,) int64, nbr (M,) int32, imx (M,) int32,
+    imy (M,) int32): the neighbours of i are nbr[offsets[i]:offsets[i+1]],
+    in a deterministic order. Uses an O(N) cell list when the box holds at
+    least 3x3 cells, otherwise an O(N^2) search.
+    """
+    n = pos.shape[0]
+    rmax = 0.0
+    for i in range(n):
+        rmax = max(rmax, rad[i])
+    rcut = 2.0 * rmax + skin
+    nx, ny = _cell_grid(Lx, Ly, tilt, rcut)
+    use_cells = nx >= 3 and ny >= 3
+    if not use_cells:
+        nx = 1
+        ny = 1
+    ncell = nx * ny
+    cell_of = np.empty(n, np.int64)
+    for i in range(n):
+        sx = (pos[i, 0] - tilt * pos[i, 1]) / Lx
+        sy = pos[i, 1] / Ly
+        cx = min(int(sx * nx), nx - 1)
+        cy = min(int(sy * ny), ny - 1)
+        cell_of[i] = cx + nx * cy
+    cell_start = np.zeros(ncell + 1, np.int64)
+    for i in range(n):
+        cell_start[cell_of[i] + 1] += 1
+    for c in range(ncell):
+        cell_start[c + 1] += cell_start[c]
+    fill = cell_start[:-1].copy()
+    cell_members = np.empty(n, np.int64)
+    for i in range(n):
+        c = cell_of[i]
+        cell_members[fill[c]] = i
+        fill[c] += 1
+
+    counts = np.zeros(n, np.int64)
+    empty = np.empty(0, np.int32)
+    for i in prange(n):
+        counts[i] = _scan_cells(i, pos, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
+                                cell_of, cell_start, cell_members, empty, empty, empty, 0)
+    offsets = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        offsets[i + 1] = offsets[i] + counts[i]
+    m = offsets[n]
+    nbr = np.empty(m, np.int32)
+    imx = np.empty(m, np.int32)
+    imy = np.empty(m, np.int32)
+    for i in prange(n):
+        _scan_cells(i, pos, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
+                    cell_of, cell_start, cell_members, nbr, imx, imy, offsets[i])
+    return offsets, nbr, imx, imy
+
+
+@njit(cache=True)
+def max_displacement(pos, ref):
+    """max_i |pos_i - ref_i| for (N, 2) arrays."""
+    d2 = 0.0
+    for i in range(pos.shape[0]):
+        dx = pos[i, 0] - ref[i, 0]
+        dy = pos[i, 1] - ref[i, 1]
+        d2 = max(d2, dx * dx + dy * dy)
+    return math.sqrt(d2)
+
+
+@njit(cache=True)
+def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
+    """Full Verlet list (pairs with r < rad_i + rad_j + skin, both directions)
+    for positions (N, 2) anywhere in the plane (not wrapped, not modified).
+
+    Returns (offsets (N+1,) int64, nbr (M,) int32, imx (M,) int32,
+    imy (M,) int32): the neighbours of i are nbr[offsets[i]:offsets[i+1]]
+    in a deterministic order, and r_ij = x_j - x_i + imx a1 + imy a2 with
+    the image that is nearest when the list is built.
+    """
+    n = pos.shape[0]
+    wrapped = pos.copy()
+    wrap_into_cell(wrapped, Lx, Ly, tilt)
+    offsets, nbr, imx, imy = _build_wrapped(wrapped, rad, Lx, Ly, tilt, skin)
+    # shift each image by the lattice vectors that wrapping removed
+    shift_x = np.empty(n, np.int64)
+    shift_y = np.empty(n, np.int64)
+    for i in range(n):
+        sy = (pos[i, 1] - wrapped[i, 1]) / Ly
+        shift_y[i] = math.floor(sy + 0.5)
+        sx = (pos[i, 0] - wrapped[i, 0] - shift_y[i] * tilt * Ly) / Lx
+        shift_x[i] = math.floor(sx + 0.5)
+    for i in range(n):
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            imx[k] += shift_x[i] - shift_x[j]
+            imy[k] += shift_y[i] - shift_y[j]
+    return offsets, nbr, imx, imy
+
+
+# --------------------------------------------------------------------------
+# Hertzian energy, forces, stress
+# --------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart):
+    """Forces (N, 2) and per-particle energies (N,) (half of each pair), in place.
+
+    Returns the total energy (serial sum of epart, thread-count independent).
+    """
+    n = pos.shape[0]
+    xy = tilt * Ly
+    for i in prange(n):
+        fx = 0.0
+        fy = 0.0
+        e = 0.0
+        xi = pos[i, 0]
+        yi = pos[i, 1]
+        ri = rad[i]
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            dx = pos[j, 0] - xi + imx[k] * Lx + imy[k] * xy
+            dy = pos[j, 1] - yi + imy[k] * Ly
+            s = ri + rad[j]
+            r2 = dx * dx + dy * dy
+            if r2 < s * s:
+                r = math.sqrt(r2)
+                h = 1.0 - r / s
+                sh = math.sqrt(h)
+                e += 0.5 * h * h * sh
+                fr = 2.5 / s * h * sh / r  # -u'(r)/r
+                fx -= fr * dx
+                fy -= fr * dy
+        forces[i, 0] = fx
+        forces[i, 1] = fy
+        epart[i] = e
+    etot = 0.0
+    for i in range(n):
+        etot += epart[i]
+    return etot
+
+
+@njit(cache=True, parallel=True)
+def hertz_virial(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, virial):
+    """Per-particle virial W_i (N, 2, 2) = (1/2) sum_j u'(r) r_a r_b / r, in place.
+
+    sum_i W_i / V is the stress tensor sigma (see module docstring); units
+    of energy. Returns the summed (2, 2) tensor (serial sum).
+    """
+    n = pos.shape[0]
+    xy = tilt * Ly
+    for i in prange(n):
+        wxx = 0.0
+        wxy = 0.0
+        wyy = 0.0
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            dx = pos[j, 0] - pos[i, 0] + imx[k] * Lx + imy[k] * xy
+            dy = pos[j, 1] - pos[i, 1] + imy[k] * Ly
+            s = rad[i] + rad[j]
+            r2 = dx * dx + dy * dy
+            if r2 < s * s:
+                r = math.sqrt(r2)
+                h = 1.0 - r / s
+                du = -2.5 / s * h * math.sqrt(h)  # u'(r)
+                c = 0.5 * du / r
+                wxx += c * dx * dx
+                wxy += c * dx * dy
+                wyy += c * dy * dy
+        virial[i, 0, 0] = wxx
+        virial[i, 0, 1] = wxy
+        virial[i, 1, 0] = wxy
+        virial[i, 1, 1] = wyy
+    total = np.zeros((2, 2))
+    for i in range(n):
+        for a in range(2):
+            for b in range(2):
+                total[a, b] += virial[i, a, b]
+    return total
+
+
+@njit(cache=True)
+def hertz_hessian_triplets(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy):
+    """Sparse Hessian d2U/dx dx of the 2N coordinates (x0, y0, x1, y1, ...).
+
+    Returns COO (rows, cols, vals) including every diagonal block; duplicate
+    entries are to be summed. Also returns per-particle contact counts (N,).
+    """
+    n = pos.shape[0]
+    npair = 0
+    for i in range(n):
+        for k in range(offsets[i], offsets[i + 1]):
+            if nbr[k] > i:
+                npair += 1
+    rows = np.empty(16 * npair, np.int64)
+    cols = np.empty(16 * npair, np.int64)
+    vals = np.zeros(16 * npair)
+    contacts = np.zeros(n, np.int64)
+    xy = tilt * Ly
+    q = 0
+    for i in range(n):
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            if j <= i:
+                continue
+            dx = pos[j, 0] - pos[i, 0] + imx[k] * Lx + imy[k] * xy
+            dy = pos[j, 1] - pos[i, 1] + imy[k] * Ly
+            s = rad[i] + rad[j]
+            r2 = dx * dx + dy * dy
+            kxx = 0.0
+            kxy = 0.0
+            kyy = 0.0
+            if r2 < s * s:
+                r = math.sqrt(r2)
+                h = 1.0 - r / s
+                sh = math.sqrt(h)
+                d1 = -2.5 / s * h * sh          # u'
+                d2 = 3.75 / (s * s) * sh        # u''
+                nx_ = dx / r
+                ny_ = dy / r
+                t = d1 / r
+                kxx = d2 * nx_ * nx_ + t * (1.0 - nx_ * nx_)
+                kxy = d2 * nx_ * ny_ - t * nx_ * ny_
+                kyy = d2 * ny_ * ny_ + t * (1.0 - ny_ * ny_)
+                contacts[i] += 1
+                contacts[j] += 1
+            blk = (kxx, kxy, kxy, kyy)
+            for a in range(2):
+                for b in range(2):
+                    v = blk[2 * a + b]
+                    rows[q] = 2 * i + a; cols[q] = 2 * i + b; vals[q] = v; q += 1
+                    rows[q] = 2 * j + a; cols[q] = 2 * j + b; vals[q] = v; q += 1
+                    rows[q] = 2 * i + a; cols[q] = 2 * j + b; vals[q] = -v; q += 1
+                    rows[q] = 2 * j + a; cols[q] = 2 * i + b; vals[q] = -v; q += 1
+    return rows, cols, vals, contacts
+
+
+@njit(cache=True)
+def hertz_affine_force(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, out):
+    """Xi (N, 2) = -d^2U/(dx dgamma) for simple shear x += gamma y, in place.
+
+    The force that appears on each particle per unit affine shear strain
+    (the 'affine force field'); the non-affine linear response is
+    H^-1 Xi per unit strain.
+    """
+    n = pos.shape[0]
+    xy = tilt * Ly
+    for i in range(n):
+        fx = 0.0
+        fy = 0.0
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            dx = pos[j, 0] - pos[i, 0] + imx[k] * Lx + imy[k] * xy
+            dy = pos[j, 1] - pos[i, 1] + imy[k] * Ly
+            s = rad[i] + rad[j]
+            r2 = dx * dx + dy * dy
+            if r2 < s * s:
+                r = math.sqrt(r2)
+                h = 1.0 - r / s
+                sh = math.sqrt(h)
+                d1 = -2.5 / s * h * sh
+                d2 = 3.75 / (s * s) * sh
+                nx_ = dx / r
+                ny_ = dy / r
+                t = d1 / r
+                # d r_ij / d gamma = (dy, 0); force on i is +K_ij . (dy, 0)
+                kxx = d2 * nx_ * nx_ + t * (1.0 - nx_ * nx_)
+                kxy = d2 * nx_ * ny_ - t * nx_ * ny_
+                fx += kxx * dy
+                fy += kxy * dy
+        out[i, 0] = fx
+        out[i, 1] = fy
+
+
+# --------------------------------------------------------------------------
+# Minimisers with the neighbour list maintained inside the loop
+# --------------------------------------------------------------------------
+
+@njit(cache=True)
+def _max_force(forces):
+    m = 0.0
+    for i in range(forces.shape[0]):
+        m = max(m, forces[i, 0] * forces[i, 0] + forces[i, 1] * forces[i, 1])
+    return math.sqrt(m)
+
+
+@njit(cache=True)
+def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
+              n_delay, f_inc, f_dec, alpha0, f_alpha, n_neg_max):
+    """FIRE 2.0 (Guenole et al., Comput. Mater. Sci. 175, 109584 (2020)) with
+    semi-implicit Euler, unit masses, initial delay, in place on pos (N, 2).
+
+    Stops when max_i |F_i| < ftol. Returns (iterations, converged,
+    max|F|, energy, force evaluations, neighbour rebuilds).
+    """
+    n = pos.shape[0]
+    offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+    ref = pos.copy()
+    rebuilds = 1
+    forces = np.zeros((n, 2))
+    epart = np.zeros(n)
+    vel = np.zeros((n, 2))
+    energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
+    nfev = 1
+    fmax = _max_force(forces)
+    if fmax < ftol:
+        return 0, True, fmax, energy, nfev, rebuilds
+    dt = dt0
+    alpha = alpha0
+    n_pos = 0
+    n_neg = 0
+    it = 0
+    converged = False
+    while it < max_iter:
+        it += 1
+        power = 0.0
+        for i in range(n):
+            power += forces[i, 0] * vel[i, 0] + forces[i, 1] * vel[i, 1]
+        if power > 0.0:
+            n_pos += 1
+            n_neg = 0
+            if n_pos > n_delay:
+                dt = min(dt * f_inc, dtmax)
+                alpha *= f_alpha
+        else:
+            n_pos = 0
+            n_neg += 1
+            if n_neg > n_neg_max:
+                break
+            if it >= n_delay:
+                if dt * f_dec >= dtmin:
+                    dt *= f_dec
+                alpha = alpha0
+            for i in range(n):
+                pos[i, 0] -= 0.5 * dt * vel[i, 0]
+                pos[i, 1] -= 0.5 * dt * vel[i, 1]
+                vel[i, 0] = 0.0
+                vel[i, 1] = 0.0
+        vnorm = 0.0
+        fnorm = 0.0
+        for i in range(n):
+            vel[i, 0] += dt * forces[i, 0]
+            vel[i, 1] += dt * forces[i, 1]
+            vnorm += vel[i, 0] ** 2 + vel[i, 1] ** 2
+            fnorm += forces[i, 0] ** 2 + forces[i, 1] ** 2
+        if fnorm > 0.0:
+            mix = alpha * math.sqrt(vnorm / fnorm)
+            for i in range(n):
+                vel[i, 0] = (1.0 - alpha) * vel[i, 0] + mix * forces[i, 0]
+                vel[i, 1] = (1.0 - alpha) * vel[i, 1] + mix * forces[i, 1]
+        for i in range(n):
+            pos[i, 0] += dt * vel[i, 0]
+            pos[i, 1] += dt * vel[i, 1]
+        if max_displacement(pos, ref) > 0.5 * skin:
+            offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+            ref[:, :] = pos
+            rebuilds += 1
+        energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
+        nfev += 1
+        fmax = _max_force(forces)
+        if fmax < ftol:
+            converged = True
+            break
+    return it, converged, fmax, energy, nfev, rebuilds
+
+
+@njit(cache=True)
+def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
+            grow, shrink, stop_disp, start):
+    """Overdamped steepest descent dx/dt = F with an adaptive step, in place.
+
+    One trial step is x' = x + dt F (so dt = |dx|/|F|). It is accepted when
+    the force barely turns: |F' - F| <= eta |F| (the local error of the
+    Euler step is (dt/2)|F' - F|) and F' . F > 0 (the step does not pass the
+    1D minimum along F); then dt grows by ``grow`` up to dt_max. Otherwise
+    it is rejected and dt shrinks by ``shrink``. Energy differences are
+    never used: they vanish below round-off near a minimum.
+
+    Runs until max|F| < ftol, max_steps accepted steps, or (stop_disp > 0)
+    the configuration-space distance sqrt(sum_i |x_i - start_i|^2) reaches
+    stop_disp (start (N, 2) is the reference, e.g. the last saved frame).
+    Returns (status, accepted, rejected, time advanced, dt, max|F|,
+    energy): status 0 converged, 1 reached stop_disp, 2 max_steps.
+    """
+    n = pos.shape[0]
+    offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+    ref = pos.copy()
+    forces = np.zeros((n, 2))
+    trial_f = np.zeros((n, 2))
+    epart = np.zeros(n)
+    trial = np.empty((n, 2))
+    energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
+    fmax = _max_force(forces)
+    accepted = 0
+    rejected = 0
+    time = 0.0
+    status = 2
+    if fmax < ftol:
+        return 0, 0, 0, 0.0, dt, fmax, energy
+    while accepted < max_steps:
+        for i in range(n):
+            trial[i, 0] = pos[i, 0] + dt * forces[i, 0]
+            trial[i, 1] = pos[i, 1] + dt * forces[i, 1]
+        if max_displacement(trial, ref) > 0.5 * skin:
+            offsets, nbr, imx, imy = build_neighbour_list(trial, rad, Lx, Ly, tilt, skin)
+            ref[:, :] = trial
+        e_trial = hertz_forces(trial, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, trial_f, epart)
+        ff = 0.0
+        dd = 0.0
+        f2 = 0.0
+        for i in range(n):
+            ff += trial_f[i, 0] * forces[i, 0] + trial_f[i, 1] * forces[i, 1]
+            dd += (trial_f[i, 0] - forces[i, 0]) ** 2 + (trial_f[i, 1] - forces[i, 1]) ** 2
+            f2 += forces[i, 0] ** 2 + forces[i, 1] ** 2
+        if ff > 0.0 and dd <= eta * eta * f2:
+            pos[:, :] = trial
+            forces[:, :] = trial_f
+            energy = e_trial
+            time += dt
+            accepted += 1
+            dt = min(dt * grow, dt_max)
+            fmax = _max_force(forces)
+            if fmax < ftol:
+                status = 0
+                break
+            if stop_disp > 0.0:
+                d2 = 0.0
+                for i in range(n):
+                    d2 += (pos[i, 0] - start[i, 0]) ** 2 + (pos[i, 1] - start[i, 1]) ** 2
+                if d2 >= stop_disp * stop_disp:
+                    status = 1
+                    break
+        else:
+            rejected += 1
+            dt *= shrink
+    return status, accepted, rejected, time, dt, fmax, energy

@@ -1,0 +1,292 @@
+"""Energy minimisation: FIRE, overdamped steepest descent, Newton polish.
+
+All minimisers take a :class:`State` and return a new one (the input is
+never modified) with a :class:`MinimizeResult`. Convergence is always
+max_i |F_i| < ftol (force units: energy / small-particle diameter).
+
+:func:`minimize` is the default path: it first tries Newton steps from the
+current state with a sparse LU factorisation kept in a :class:`NewtonSolver`
+(reused across iterations and across strain steps while it still converges
+fast), falls back to FIRE down to ``newton_switch`` and then Newton, and
+finally to FIRE all the way. Every step is safeguarded so that it never
+goes uphill; an indefinite Hessian (a step that is not a descent
+direction) makes Newton hand over.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse.linalg as spla
+
+from . import kernels
+from .potential import NeighbourList, forces, hessian
+from .state import SKIN, State
+
+
+@dataclass
+class FireParams:
+    """FIRE 2.0 parameters (Guenole et al. 2020), time in overdamped units, m = 1."""
+
+    dt0: float = 0.05
+    dt_max: float = 0.5
+    dt_min: float = 1e-4
+    n_delay: int = 5
+    f_inc: float = 1.1
+    f_dec: float = 0.5
+    alpha0: float = 0.1
+    f_alpha: float = 0.99
+    n_neg_max: int = 2000
+
+
+@dataclass
+class MinimizeResult:
+    """What a minimisation did.
+
+    Attributes:
+        converged: max|F| < ftol was reached.
+        fmax: final max_i |F_i|.
+        energy: final total energy.
+        iterations: FIRE iterations (or accepted steepest-descent steps).
+        force_evals: force evaluations, all methods together.
+        newton_solves: linear solves with an LU factorisation.
+        factorizations: sparse LU factorisations computed.
+        method: which path converged ("newton", "fire+newton", "fire", "sd").
+        time: overdamped time advanced (steepest descent only).
+    """
+
+    converged: bool
+    fmax: float
+    energy: float
+    iterations: int = 0
+    force_evals: int = 0
+    newton_solves: int = 0
+    factorizations: int = 0
+    method: str = ""
+    time: float = 0.0
+    notes: list = field(default_factory=list)
+
+
+class MinimizationError(RuntimeError):
+    """Raised by minimisers asked to raise when they do not converge."""
+
+
+def fire(state: State, ftol: float = 1e-12, max_iter: int = 1_000_000,
+         params: FireParams | None = None) -> tuple[State, MinimizeResult]:
+    """FIRE 2.0 down to max|F| < ftol (numba loop with its own neighbour list)."""
+    p = params or FireParams()
+    out = state.copy()
+    it, conv, fmax, energy, nfev, _ = kernels.fire_loop(
+        out.pos, out.radii, out.Lx, out.Ly, out.tilt, SKIN, ftol, max_iter,
+        p.dt0, p.dt_max, p.dt_min, p.n_delay, p.f_inc, p.f_dec, p.alpha0, p.f_alpha,
+        p.n_neg_max)
+    return out, MinimizeResult(bool(conv), fmax, energy, it, nfev, method="fire")
+
+
+@dataclass
+class DescentParams:
+    """Adaptive overdamped steepest descent (see kernels.sd_loop).
+
+    eta: accept a step when |F' - F| <= eta |F| (and F'.F > 0).
+    grow / shrink: step factors after acceptance / rejection.
+    """
+
+    dt0: float = 0.01
+    dt_max: float = 10.0
+    eta: float = 0.2
+    grow: float = 1.2
+    shrink: float = 0.5
+
+
+def steepest_descent(state: State, ftol: float = 1e-12, max_steps: int = 10_000_000,
+                     params: DescentParams | None = None, stop_disp: float = 0.0,
+                     reference: np.ndarray | None = None,
+                     dt: float | None = None) -> tuple[State, MinimizeResult, float]:
+    """Overdamped dx/dt = F with an adaptive step, following the physical path.
+
+    Stops at max|F| < ftol, after max_steps accepted steps, or when the
+    configuration-space distance from ``reference`` (N, 2; default the
+    start) reaches ``stop_disp`` (> 0). Returns (new state, result, the
+    step size to continue with). result.time is the overdamped time
+    advanced; result.method is "sd"; result.notes holds the stop reason.
+    """
+    p = params or DescentParams()
+    out = state.copy()
+    ref = out.pos.copy() if reference is None else np.ascontiguousarray(reference, np.float64)
+    status, acc, rej, time, dt_next, fmax, energy = kernels.sd_loop(
+        out.pos, out.radii, out.Lx, out.Ly, out.tilt, SKIN, ftol, max_steps,
+        p.dt0 if dt is None else dt, p.dt_max, p.eta, p.grow, p.shrink, stop_disp, ref)
+    reason = ("converged", "distance", "max_steps")[status]
+    res = MinimizeResult(status == 0, fmax, energy, acc, acc + rej + 1, method="sd",
+                         time=time, notes=[reason])
+    return out, res, dt_next
+
+
+def _rattler_mask(contacts_of_pairs, n: int, min_contacts: int = 3) -> np.ndarray:
+    """(n,) bool: particles left with >= min_contacts contacts after
+    iteratively removing those with fewer (rattlers)."""
+    i, j = contacts_of_pairs
+    active = np.ones(n, bool)
+    while True:
+        keep = active[i] & active[j]
+        count = np.bincount(i[keep], minlength=n) + np.bincount(j[keep], minlength=n)
+        new = active & (count >= min_contacts)
+        if np.array_equal(new, active):
+            return active
+        active = new
+
+
+class NewtonSolver:
+    """Safeguarded Newton iterations with a reusable sparse LU of the Hessian.
+
+    The Hessian is restricted to the non-rattler particles (>= 3 contacts,
+    found iteratively) with one of them pinned, which removes the two
+    translation modes. The LU is reused (chord iterations) while the max
+    force drops by at least ``rate`` per solve, across calls too (strain
+    steps with an unchanged contact network); otherwise it is refactorised
+    at the current state.
+    """
+
+    def __init__(self, rate: float = 0.25, max_iter: int = 60):
+        self.rate = rate
+        self.max_iter = max_iter
+        self.lu = None
+        self.dofs = None
+        self.fresh = False  # the LU was computed at the current iterate
+        self.factorizations = 0
+        self.solves = 0
+
+    def factorize(self, state: State, nlist: NeighbourList | None = None) -> bool:
+        """LU-factorise the rattler-free, pinned Hessian at ``state``; False if singular."""
+        nlist = nlist or NeighbourList()
+        H, _ = hessian(state, nlist)
+        coo = H.tocoo()
+        off = (coo.row // 2 != coo.col // 2) & (coo.data != 0.0)
+        pairs = (coo.row[off] // 2, coo.col[off] // 2)
+        sel = pairs[0] < pairs[1]
+        active = _rattler_mask((pairs[0][sel], pairs[1][sel]), state.n)
+        idx = np.flatnonzero(active)
+        if idx.size < 2:
+            self.lu = None
+            return False
+        idx = idx[1:]  # pin the first non-rattler
+        self.dofs = np.stack([2 * idx, 2 * idx + 1], axis=1).ravel()
+        Hr = H[self.dofs][:, self.dofs].tocsc()
+        try:
+            self.lu = spla.splu(Hr, permc_spec="COLAMD")
+        except RuntimeError:  # exactly singular
+            self.lu = None
+            return False
+        self.factorizations += 1
+        self.fresh = True
+        return True
+
+    def solve(self, state: State, ftol: float, nlist: NeighbourList | None = None
+              ) -> tuple[State, MinimizeResult]:
+        """Newton iterations from ``state`` to max|F| < ftol.
+
+        Never accepts a step whose trapezoidal energy change
+        -(F + F').dx/2 is positive or that does not reduce max|F|.
+        Returns converged=False (with the best state reached) when the
+        Hessian is indefinite or progress stalls.
+        """
+        nlist = nlist or NeighbourList()
+        cur = state.copy()
+        energy, F = forces(cur, nlist)
+        nfev = 1
+        solves0, fact0 = self.solves, self.factorizations
+        fmax = float(np.sqrt(np.max(np.sum(F * F, axis=1))))
+        notes = []
+        for _ in range(self.max_iter):
+            if fmax < ftol:
+                break
+            if self.lu is None or self.dofs.max() >= 2 * cur.n:
+                if not self.factorize(cur, nlist):
+                    notes.append("singular Hessian")
+                    break
+            g = F.ravel()
+            d = np.zeros(2 * cur.n)
+            d[self.dofs] = self.lu.solve(g[self.dofs])
+            self.solves += 1
+            if not np.dot(g, d) > 0.0:
+                if self.fresh:
+                    notes.append("indefinite Hessian")
+                    break
+                self.lu = None
+                continue
+            accepted = False
+            step = 1.0
+            for _ in range(4):
+                trial = cur.copy()
+                trial.pos += step * d.reshape(-1, 2)
+                e_t, F_t = forces(trial, nlist)
+                nfev += 1
+                f_t = float(np.sqrt(np.max(np.sum(F_t * F_t, axis=1))))
+                de = -0.5 * step * np.dot(F.ravel() + F_t.ravel(), d)
+                if de <= 0.0 and f_t < fmax:
+                    accepted = True
+                    break
+                step *= 0.5
+            if not accepted:
+                if self.fresh:
+                    notes.append("no descent along the Newton step")
+                    break
+                self.lu = None  # stale factorisation: refactorise here and retry
+                continue
+            ratio = f_t / fmax
+            cur, energy, F, fmax = trial, e_t, F_t, f_t
+            if ratio > self.rate:
+                self.lu = None
+            else:
+                self.fresh = False
+        res = MinimizeResult(fmax < ftol, fmax, energy, 0, nfev,
+                             self.solves - solves0, self.factorizations - fact0,
+                             method="newton", notes=notes)
+        return cur, res
+
+
+def minimize(state: State, ftol: float = 1e-12, solver: NewtonSolver | None = None,
+             newton_switch: float = 1e-7, fire_params: FireParams | None = None,
+             max_fire_iter: int = 1_000_000, raise_on_failure: bool = False
+             ) -> tuple[State, MinimizeResult]:
+    """Minimise to max|F| < ftol: Newton first if a factorisation is at hand,
+    else FIRE to ``newton_switch`` then Newton, else FIRE to ftol.
+
+    ``solver`` carries the LU factorisation between calls (pass the same
+    one along an AQS run). Returns (minimised state, result); with
+    ``raise_on_failure`` a non-converged run raises MinimizationError.
+    """
+    solver = solver or NewtonSolver()
+    nlist = NeighbourList()
+    total = MinimizeResult(False, np.inf, np.nan)
+
+    def absorb(res: MinimizeResult, method: str):
+        total.converged, total.fmax, total.energy = res.converged, res.fmax, res.energy
+        total.iterations += res.iterations
+        total.force_evals += res.force_evals
+        total.newton_solves += res.newton_solves
+        total.factorizations += res.factorizations
+        total.notes += res.notes
+        total.method = method
+
+    cur = state
+    if solver.lu is not None:
+        cur, res = solver.solve(cur, ftol, nlist)
+        absorb(res, "newton")
+    if not total.converged:
+        switch = max(newton_switch, ftol)
+        cur, res = fire(cur, switch, max_fire_iter, fire_params)
+        absorb(res, "fire")
+        if res.converged and switch > ftol:
+            solver.lu = None
+            cur, res = solver.solve(cur, ftol, nlist)
+            absorb(res, "fire+newton")
+            if not res.converged:
+                cur, res = fire(cur, ftol, max_fire_iter, fire_params)
+                absorb(res, "fire")
+    if total.converged and solver.lu is None:
+        solver.factorize(cur, nlist)  # ready for the next strain step
+    if raise_on_failure and not total.converged:
+        raise MinimizationError(
+            f"minimisation did not reach max|F| < {ftol:g} (max|F| = {total.fmax:.3g}, "
+            f"{total.notes})")
+    return cur, total

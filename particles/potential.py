@@ -1,0 +1,123 @@
+"""Hertzian energy, forces, stress and Hessian of a :class:`State`.
+
+u(r) = (1 - r/s)^2.5 for r < s = sigma_i + sigma_j (sum of radii), else 0.
+Stress convention: sigma_ab = (1/V) dU/d(eps_ab) = (1/V) sum_pairs
+u'(r) r_a r_b / r, so a positive shear strain gives a positive shear
+stress; pressure p = -(sigma_xx + sigma_yy)/2 (> 0 for a jammed packing).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import kernels
+from .state import SKIN, State
+
+
+class NeighbourList:
+    """A Verlet list (cutoff sigma_i + sigma_j + SKIN) that rebuilds itself.
+
+    The list is valid for a state whose box is an affine image A of the box
+    it was built for and whose particles moved by d_i = x_i - A x_i(ref)
+    while sigma_min(A) (s + SKIN) - 2 max|d_i| >= s for the largest pair
+    contact distance s: then no pair closer than contact can be missing.
+    A box remap (tilt through +-1/2) always rebuilds.
+    """
+
+    def __init__(self):
+        self.rebuilds = 0
+        self.arrays = None
+        self._ref_pos = None
+        self._ref_h = None
+        self._ref_gamma = None
+
+    def update(self, state: State) -> tuple:
+        """Return (offsets, nbr, imx, imy) valid for ``state``, rebuilding if needed."""
+        if self.arrays is None or self._needs_rebuild(state):
+            self.arrays = kernels.build_neighbour_list(
+                state.pos, state.radii, state.Lx, state.Ly, state.tilt, SKIN)
+            self._ref_pos = state.pos.copy()
+            self._ref_h = state.box_matrix
+            self._ref_gamma = state.gamma
+            self.rebuilds += 1
+        return self.arrays
+
+    def _needs_rebuild(self, state: State) -> bool:
+        if self._ref_pos.shape != state.pos.shape:
+            return True
+        if np.floor(state.gamma + 0.5) != np.floor(self._ref_gamma + 0.5):
+            return True  # box remapped: images change
+        a = state.box_matrix @ np.linalg.inv(self._ref_h)
+        smin = np.linalg.svd(a, compute_uv=False)[-1]
+        d = state.pos - self._ref_pos @ a.T
+        dmax = float(np.sqrt(np.max(np.sum(d * d, axis=1))))
+        s = 2.0 * float(state.radii.max())
+        return smin * (s + SKIN) - 2.0 * dmax < s
+
+
+@dataclass
+class Evaluation:
+    """Energy, forces and stress of one configuration.
+
+    Attributes:
+        energy: total energy U.
+        forces: (N, 2) F_i = -dU/dx_i.
+        energy_per_particle: (N,) half of each pair energy.
+        virial_per_particle: (N, 2, 2) (1/2) sum_j u'(r) r_a r_b / r
+            (energy units; sums to V * stress).
+        stress: (2, 2) sigma (see module docstring).
+        pressure: -(sigma_xx + sigma_yy) / 2.
+    """
+
+    energy: float
+    forces: np.ndarray
+    energy_per_particle: np.ndarray
+    virial_per_particle: np.ndarray
+    stress: np.ndarray
+    pressure: float
+
+
+def evaluate(state: State, nlist: NeighbourList | None = None) -> Evaluation:
+    """Energy, forces and stress tensor of ``state`` (see :class:`Evaluation`)."""
+    nlist = nlist or NeighbourList()
+    offsets, nbr, imx, imy = nlist.update(state)
+    forces = np.empty((state.n, 2))
+    epart = np.empty(state.n)
+    virial = np.empty((state.n, 2, 2))
+    args = (state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy)
+    energy = kernels.hertz_forces(*args, forces, epart)
+    stress = kernels.hertz_virial(*args, virial) / state.volume
+    return Evaluation(energy, forces, epart, virial, stress, -0.5 * float(np.trace(stress)))
+
+
+def forces(state: State, nlist: NeighbourList | None = None) -> tuple[float, np.ndarray]:
+    """(energy, forces (N, 2)) without the stress: the minimisers' hot call."""
+    nlist = nlist or NeighbourList()
+    offsets, nbr, imx, imy = nlist.update(state)
+    out = np.empty((state.n, 2))
+    epart = np.empty(state.n)
+    energy = kernels.hertz_forces(state.pos, state.radii, state.Lx, state.Ly, state.tilt,
+                                  offsets, nbr, imx, imy, out, epart)
+    return energy, out
+
+
+def hessian(state: State, nlist: NeighbourList | None = None) -> tuple[sp.csc_matrix, np.ndarray]:
+    """Sparse Hessian d2U/dx_a dx_b, (2N, 2N) CSC with coordinate order
+    (x0, y0, x1, y1, ...), and the (N,) number of contacts per particle."""
+    nlist = nlist or NeighbourList()
+    offsets, nbr, imx, imy = nlist.update(state)
+    rows, cols, vals, contacts = kernels.hertz_hessian_triplets(
+        state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy)
+    n2 = 2 * state.n
+    return sp.csc_matrix((vals, (rows, cols)), shape=(n2, n2)), contacts
+
+
+def affine_force(state: State, nlist: NeighbourList | None = None) -> np.ndarray:
+    """(N, 2) Xi = -d2U/(dx dgamma): the force per unit affine simple shear."""
+    nlist = nlist or NeighbourList()
+    offsets, nbr, imx, imy = nlist.update(state)
+    out = np.empty((state.n, 2))
+    kernels.hertz_affine_force(state.pos, state.radii, state.Lx, state.Ly, state.tilt,
+                               offsets, nbr, imx, imy, out)
+    return out

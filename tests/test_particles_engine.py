@@ -1,0 +1,241 @@
+"""Physics tests of the particle engine (SPEC.md sections 0-1).
+
+Tolerances follow from the maths:
+- central differences with step h have truncation error h^2 |u'''| / 6 and
+  round-off error ~ eps_mach |U| / h. With |U| < 1 and h = 1e-6 the
+  round-off part is < 1e-10; u''' ~ 2 (1 - r/s)^(-1/2) is large only for
+  pairs within ~1e-4 of contact, which the fixed seeds below do not have,
+  so 1e-8 absolute bounds both.
+- identities that only reorder floating-point sums (shifts by a lattice
+  vector, cell list vs brute force) hold to a few ulps of the summed
+  magnitudes: rtol 1e-12.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from step_epm.particles import (NewtonSolver, State, affine_force, elastic_constants,
+                                evaluate, fire, hessian, jammed_packing, minimize,
+                                random_state, steepest_descent)
+from step_epm.particles import kernels
+from step_epm.particles.state import SKIN
+
+FD_H = 1e-6
+FD_ATOL = 1e-8
+
+
+def _with_gamma(state: State, gamma: float) -> State:
+    """The same particles affinely carried to accumulated strain gamma."""
+    return state.sheared(gamma - state.gamma)
+
+
+@pytest.fixture(scope="module")
+def jammed():
+    state, res = jammed_packing(128, 0.9, seed=3)
+    return state, res
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.37, 0.5, -0.71, 1.62, -2.45])
+def test_forces_are_minus_energy_gradient(gamma):
+    state = _with_gamma(random_state(64, 0.9, seed=1), gamma)
+    ev = evaluate(state)
+    # every particle crosses the boundary in some pair at phi = 0.9 in a small box
+    rng = np.random.default_rng(0)
+    for i in rng.choice(state.n, 12, replace=False):
+        for a in range(2):
+            p, m = state.copy(), state.copy()
+            p.pos[i, a] += FD_H
+            m.pos[i, a] -= FD_H
+            fd = -(evaluate(p).energy - evaluate(m).energy) / (2 * FD_H)
+            assert fd == pytest.approx(ev.forces[i, a], abs=FD_ATOL)
+
+
+def test_boundary_pairs_are_present():
+    """The FD test above really covers pairs across the periodic boundary."""
+    state = _with_gamma(random_state(64, 0.9, seed=1), 1.62)
+    offsets, nbr, imx, imy = kernels.build_neighbour_list(
+        state.pos, state.radii, state.Lx, state.Ly, state.tilt, SKIN)
+    assert np.any(imx != 0) and np.any(imy != 0)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.42, -0.9, 3.3])
+def test_stress_is_strain_derivative_of_energy(gamma):
+    state = _with_gamma(random_state(64, 0.9, seed=2), gamma)
+    ev = evaluate(state)
+    V = state.volume
+    dU_dgamma = (evaluate(state.sheared(FD_H)).energy
+                 - evaluate(state.sheared(-FD_H)).energy) / (2 * FD_H)
+    dU_dexx = (evaluate(state.strained(FD_H, 0)).energy
+               - evaluate(state.strained(-FD_H, 0)).energy) / (2 * FD_H)
+    dU_deyy = (evaluate(state.strained(0, FD_H)).energy
+               - evaluate(state.strained(0, -FD_H)).energy) / (2 * FD_H)
+    assert ev.stress[0, 1] == pytest.approx(dU_dgamma / V, abs=FD_ATOL / V)
+    assert ev.stress[0, 0] == pytest.approx(dU_dexx / V, abs=FD_ATOL / V)
+    assert ev.stress[1, 1] == pytest.approx(dU_deyy / V, abs=FD_ATOL / V)
+    assert ev.pressure == pytest.approx(-0.5 * np.trace(ev.stress), rel=1e-15)
+    assert ev.pressure > 0
+    np.testing.assert_allclose(ev.virial_per_particle.sum(axis=0) / V, ev.stress,
+                               rtol=1e-12, atol=1e-15)
+    assert ev.energy_per_particle.sum() == pytest.approx(ev.energy, rel=1e-13)
+
+
+def _brute_force_pairs(state: State, skin: float) -> set:
+    """All (i, j, mx, my) with |x_j - x_i + mx a1 + my a2| < s_ij + skin, O(N^2)."""
+    a1 = np.array([state.Lx, 0.0])
+    a2 = np.array([state.tilt * state.Ly, state.Ly])
+    pairs = set()
+    for mx, my in itertools.product(range(-6, 7), repeat=2):
+        shift = mx * a1 + my * a2
+        d = state.pos[None, :, :] - state.pos[:, None, :] + shift
+        r = np.sqrt(np.sum(d * d, axis=2))
+        cut = state.radii[:, None] + state.radii[None, :] + skin
+        i, j = np.nonzero((r < cut) & ~((mx == 0) & (my == 0) & np.eye(state.n, dtype=bool)))
+        pairs.update(zip(i.tolist(), j.tolist(), [mx] * len(i), [my] * len(i)))
+    return pairs
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, -0.49, 0.5, 1.77, -5.2])
+def test_cell_list_equals_brute_force(gamma):
+    state = _with_gamma(random_state(400, 0.9, seed=4), gamma)
+    # move some particles far outside the primary cell: images must follow
+    state.pos[:50] += 2 * np.array([state.Lx, 0.0]) - 3 * np.array([state.tilt * state.Ly, state.Ly])
+    offsets, nbr, imx, imy = kernels.build_neighbour_list(
+        state.pos, state.radii, state.Lx, state.Ly, state.tilt, SKIN)
+    nx, ny = kernels._cell_grid(state.Lx, state.Ly, state.tilt, 1.4 + SKIN)
+    assert nx >= 3 and ny >= 3, "the test must exercise the cell list"
+    listed = set()
+    for i in range(state.n):
+        for k in range(offsets[i], offsets[i + 1]):
+            listed.add((i, int(nbr[k]), int(imx[k]), int(imy[k])))
+    assert offsets[-1] == len(listed), "duplicate neighbour entries"
+    assert listed == _brute_force_pairs(state, SKIN)
+
+
+@pytest.mark.parametrize("gamma", [0.2, -1.4])
+def test_lattice_shift_invariance(gamma):
+    state = _with_gamma(random_state(100, 0.9, seed=5), gamma)
+    ev = evaluate(state)
+    a1 = np.array([state.Lx, 0.0])
+    a2 = np.array([state.tilt * state.Ly, state.Ly])
+    for m, n in [(1, 0), (0, 1), (-2, 3)]:
+        shifted = state.copy()
+        shifted.pos += m * a1 + n * a2
+        ev2 = evaluate(shifted)
+        assert ev2.energy == pytest.approx(ev.energy, rel=1e-12)
+        np.testing.assert_allclose(ev2.forces, ev.forces, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(ev2.stress, ev.stress, rtol=1e-10, atol=1e-16)
+    # one particle moved by a lattice vector: nothing changes either
+    single = state.copy()
+    single.pos[7] += 3 * a2 - a1
+    ev3 = evaluate(single)
+    assert ev3.energy == pytest.approx(ev.energy, rel=1e-12)
+    np.testing.assert_allclose(ev3.forces, ev.forces, rtol=1e-10, atol=1e-14)
+
+
+def test_remap_equivalence():
+    """gamma and gamma + 1 describe the same lattice: same energy and forces."""
+    state = random_state(100, 0.9, seed=6).sheared(0.3)
+    same = State(state.pos, state.radii, state.Lx, state.Ly, state.gamma + 1.0)
+    ev, ev1 = evaluate(state), evaluate(same)
+    assert ev1.energy == pytest.approx(ev.energy, rel=1e-12)
+    np.testing.assert_allclose(ev1.forces, ev.forces, rtol=1e-10, atol=1e-14)
+
+
+def test_packing_fraction_is_exact(jammed):
+    for n in (100, 101, 4000):
+        assert random_state(n, 0.9, seed=0).packing_fraction == pytest.approx(0.9, rel=1e-14)
+    state, _ = jammed
+    assert state.packing_fraction == pytest.approx(0.9, rel=1e-14)
+    assert np.sum(state.radii == 0.5) == 64 and np.sum(state.radii == 0.7) == 64
+
+
+def test_minimised_state_meets_force_tolerance(jammed):
+    state, res = jammed
+    assert res.converged
+    ev = evaluate(state)
+    fmax = np.max(np.linalg.norm(ev.forces, axis=1))
+    assert fmax < 1e-12
+    assert ev.pressure > 0
+    # FIRE alone reaches the same minimum (to the precision of its tolerance)
+    s_fire, r_fire = fire(random_state(128, 0.9, seed=3), ftol=1e-10)
+    assert r_fire.converged
+    assert r_fire.energy == pytest.approx(ev.energy, rel=1e-8)
+
+
+def test_newton_reuses_factorisation_across_a_strain_step(jammed):
+    state, _ = jammed
+    solver = NewtonSolver()
+    base, _ = minimize(state, 1e-12, solver=solver)
+    f0 = solver.factorizations
+    stepped, res = minimize(base.sheared(1e-5), 1e-12, solver=solver)
+    assert res.converged and res.method == "newton"
+    assert res.newton_solves <= 10
+    assert solver.factorizations - f0 <= 1
+    assert np.max(np.linalg.norm(evaluate(stepped).forces, axis=1)) < 1e-12
+
+
+def test_steepest_descent_never_raises_energy():
+    """Each accepted step lowers U beyond a round-off allowance of
+    64 eps_mach |U| (a few ulps per pair summed over the list)."""
+    state = random_state(100, 0.9, seed=7)
+    energies, times = [evaluate(state).energy], [0.0]
+    dt = None
+    for _ in range(300):
+        state, res, dt = steepest_descent(state, ftol=1e-12, max_steps=1, dt=dt)
+        energies.append(res.energy)
+        times.append(times[-1] + res.time)
+    e = np.array(energies)
+    allowance = 64 * np.finfo(float).eps * np.abs(e[:-1])
+    assert np.all(np.diff(e) <= allowance)
+    assert e[-1] < 0.5 * e[0]
+    assert np.all(np.diff(times) > 0)
+
+
+def test_steepest_descent_time_is_displacement_over_force():
+    """For one accepted step x' = x + dt F, dt = |dx| / |F| exactly."""
+    state = random_state(100, 0.9, seed=8)
+    f0 = evaluate(state).forces
+    new, res, _ = steepest_descent(state, ftol=1e-12, max_steps=1, dt=1e-3)
+    dx = new.pos - state.pos
+    assert res.time == pytest.approx(np.linalg.norm(dx) / np.linalg.norm(f0), rel=1e-12)
+
+
+def test_hessian_matches_finite_difference_of_forces():
+    state = random_state(40, 0.9, seed=9).sheared(0.8)
+    H, _ = hessian(state)
+    H = H.toarray()
+    np.testing.assert_allclose(H, H.T, atol=1e-14)
+    rng = np.random.default_rng(1)
+    for dof in rng.choice(2 * state.n, 6, replace=False):
+        p, m = state.copy(), state.copy()
+        p.pos.reshape(-1)[dof] += FD_H
+        m.pos.reshape(-1)[dof] -= FD_H
+        col = -(evaluate(p).forces.ravel() - evaluate(m).forces.ravel()) / (2 * FD_H)
+        np.testing.assert_allclose(H[:, dof], col, atol=1e-6)
+
+
+def test_affine_force_matches_finite_difference():
+    state = random_state(40, 0.9, seed=10).sheared(-0.6)
+    xi = affine_force(state)
+    fd = (evaluate(state.sheared(FD_H)).forces - evaluate(state.sheared(-FD_H)).forces) / (2 * FD_H)
+    np.testing.assert_allclose(xi, fd, atol=1e-6)
+
+
+def test_relaxed_shear_modulus_matches_linear_response(jammed):
+    """mu_relaxed = mu_affine - Xi . H^+ Xi / V (non-affine correction)."""
+    state, _ = jammed
+    ec = elastic_constants(state)
+    inst, rel = ec.instantaneous, ec.relaxed
+    H, contacts = hessian(state)
+    xi = affine_force(state).ravel()
+    keep = np.repeat(contacts > 0, 2)
+    keep[np.flatnonzero(keep)[:2]] = False  # pin one particle: no translation modes
+    import scipy.sparse.linalg as spla
+    u = spla.spsolve(H[keep][:, keep].tocsc(), xi[keep])
+    mu_lr = inst.mu - xi[keep] @ u / state.volume
+    assert rel.mu == pytest.approx(mu_lr, rel=1e-4)
+    assert rel.mu < inst.mu  # (a fresh quench of 128 disks may have rel.mu < 0)
+    assert 0 < rel.lam_2mu < inst.lam_2mu
+    assert -1 < rel.nu < 1 and -1 < inst.nu < 1
