@@ -24,7 +24,7 @@ class MinimizerConfig:
     """Force tolerance max_i |F_i| < ftol and the FIRE -> Newton hand-over."""
 
     ftol: float = 1e-12
-    newton_switch: float = 1e-7
+    newton_switch: float = 1e-9
     max_fire_iter: int = 1_000_000
 
     def __post_init__(self):

@@ -16,6 +16,7 @@ direction) makes Newton hand over.
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from . import kernels
@@ -121,71 +122,63 @@ def steepest_descent(state: State, ftol: float = 1e-12, max_steps: int = 10_000_
     return out, res, dt_next
 
 
-def _rattler_mask(contacts_of_pairs, n: int, min_contacts: int = 3) -> np.ndarray:
-    """(n,) bool: particles left with >= min_contacts contacts after
-    iteratively removing those with fewer (rattlers)."""
-    i, j = contacts_of_pairs
-    active = np.ones(n, bool)
-    while True:
-        keep = active[i] & active[j]
-        count = np.bincount(i[keep], minlength=n) + np.bincount(j[keep], minlength=n)
-        new = active & (count >= min_contacts)
-        if np.array_equal(new, active):
-            return active
-        active = new
+def _max_norm(F: np.ndarray) -> float:
+    """max_i |F_i| of an (N, 2) array."""
+    return float(np.sqrt(np.max(np.sum(F * F, axis=1))))
 
 
 class NewtonSolver:
     """Safeguarded Newton iterations with a reusable sparse LU of the Hessian.
 
-    The Hessian is restricted to the non-rattler particles (>= 3 contacts,
-    found iteratively) with one of them pinned, which removes the two
-    translation modes. The LU is reused (chord iterations) while the max
+    The factorised matrix is H + delta I (see :meth:`factorize`). The LU is reused (chord iterations) while the max
     force drops by at least ``rate`` per solve, across calls too (strain
     steps with an unchanged contact network); otherwise it is refactorised
     at the current state.
     """
 
-    def __init__(self, rate: float = 0.25, max_iter: int = 60):
+    def __init__(self, rate: float = 0.25, max_iter: int = 60, shift: float = 1e-10):
         self.rate = rate
         self.max_iter = max_iter
+        self.shift = shift
         self.lu = None
-        self.dofs = None
+        self.n = 0
         self.fresh = False  # the LU was computed at the current iterate
         self.factorizations = 0
         self.solves = 0
 
     def factorize(self, state: State, nlist: NeighbourList | None = None) -> bool:
-        """LU-factorise the rattler-free, pinned Hessian at ``state``; False if singular."""
+        """LU-factorise H + delta I at ``state``; False if that fails.
+
+        delta = shift * mean(diag H) makes the two translation modes and
+        contact-free rattlers (zero rows) regular: their force components
+        vanish, so the step leaves them alone, while every mode stiffer
+        than delta keeps its exact Newton step. The symmetric structure is
+        ordered by minimum degree on H + H^T without row pivoting
+        (H + delta I is positive definite at a stable state).
+        """
         nlist = nlist or NeighbourList()
         H, _ = hessian(state, nlist)
-        coo = H.tocoo()
-        off = (coo.row // 2 != coo.col // 2) & (coo.data != 0.0)
-        pairs = (coo.row[off] // 2, coo.col[off] // 2)
-        sel = pairs[0] < pairs[1]
-        active = _rattler_mask((pairs[0][sel], pairs[1][sel]), state.n)
-        idx = np.flatnonzero(active)
-        if idx.size < 2:
-            self.lu = None
-            return False
-        idx = idx[1:]  # pin the first non-rattler
-        self.dofs = np.stack([2 * idx, 2 * idx + 1], axis=1).ravel()
-        Hr = H[self.dofs][:, self.dofs].tocsc()
+        diag = H.diagonal()
+        delta = self.shift * max(float(np.mean(diag)), np.finfo(float).tiny)
         try:
-            self.lu = spla.splu(Hr, permc_spec="COLAMD")
+            self.lu = spla.splu((H + delta * sp.identity(H.shape[0], format="csc")).tocsc(),
+                                permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                                options={"SymmetricMode": True})
         except RuntimeError:  # exactly singular
             self.lu = None
             return False
+        self.n = state.n
         self.factorizations += 1
         self.fresh = True
         return True
 
-    def solve(self, state: State, ftol: float, nlist: NeighbourList | None = None
-              ) -> tuple[State, MinimizeResult]:
+    def solve(self, state: State, ftol: float, nlist: NeighbourList | None = None,
+              max_iter: int | None = None) -> tuple[State, MinimizeResult]:
         """Newton iterations from ``state`` to max|F| < ftol.
 
         Never accepts a step whose trapezoidal energy change
-        -(F + F').dx/2 is positive or that does not reduce max|F|.
+        -(F + F').dx/2 is positive or that does not reduce |F| (2-norm);
+        halves the step up to three times before giving up.
         Returns converged=False (with the best state reached) when the
         Hessian is indefinite or progress stalls.
         """
@@ -194,20 +187,19 @@ class NewtonSolver:
         energy, F = forces(cur, nlist)
         nfev = 1
         solves0, fact0 = self.solves, self.factorizations
-        fmax = float(np.sqrt(np.max(np.sum(F * F, axis=1))))
+        fmax = _max_norm(F)
+        fnorm = float(np.linalg.norm(F))
         notes = []
-        for _ in range(self.max_iter):
+        for _ in range(max_iter or self.max_iter):
             if fmax < ftol:
                 break
-            if self.lu is None or self.dofs.max() >= 2 * cur.n:
+            if self.lu is None or self.n != cur.n:
                 if not self.factorize(cur, nlist):
                     notes.append("singular Hessian")
                     break
-            g = F.ravel()
-            d = np.zeros(2 * cur.n)
-            d[self.dofs] = self.lu.solve(g[self.dofs])
+            d = self.lu.solve(F.ravel())
             self.solves += 1
-            if not np.dot(g, d) > 0.0:
+            if not np.dot(F.ravel(), d) > 0.0:
                 if self.fresh:
                     notes.append("indefinite Hessian")
                     break
@@ -220,9 +212,9 @@ class NewtonSolver:
                 trial.pos += step * d.reshape(-1, 2)
                 e_t, F_t = forces(trial, nlist)
                 nfev += 1
-                f_t = float(np.sqrt(np.max(np.sum(F_t * F_t, axis=1))))
+                fnorm_t = float(np.linalg.norm(F_t))
                 de = -0.5 * step * np.dot(F.ravel() + F_t.ravel(), d)
-                if de <= 0.0 and f_t < fmax:
+                if de <= 0.0 and fnorm_t < fnorm:
                     accepted = True
                     break
                 step *= 0.5
@@ -232,8 +224,8 @@ class NewtonSolver:
                     break
                 self.lu = None  # stale factorisation: refactorise here and retry
                 continue
-            ratio = f_t / fmax
-            cur, energy, F, fmax = trial, e_t, F_t, f_t
+            ratio = fnorm_t / fnorm
+            cur, energy, F, fnorm, fmax = trial, e_t, F_t, fnorm_t, _max_norm(F_t)
             if ratio > self.rate:
                 self.lu = None
             else:
@@ -245,11 +237,12 @@ class NewtonSolver:
 
 
 def minimize(state: State, ftol: float = 1e-12, solver: NewtonSolver | None = None,
-             newton_switch: float = 1e-7, fire_params: FireParams | None = None,
+             newton_switch: float = 1e-9, newton_first_iter: int = 12, fire_params: FireParams | None = None,
              max_fire_iter: int = 1_000_000, raise_on_failure: bool = False
              ) -> tuple[State, MinimizeResult]:
-    """Minimise to max|F| < ftol: Newton first if a factorisation is at hand,
-    else FIRE to ``newton_switch`` then Newton, else FIRE to ftol.
+    """Minimise to max|F| < ftol: Newton first (at most ``newton_first_iter``
+    solves) if a factorisation is at hand, else FIRE to ``newton_switch``
+    then Newton, else FIRE to ftol.
 
     ``solver`` carries the LU factorisation between calls (pass the same
     one along an AQS run). Returns (minimised state, result); with
@@ -270,7 +263,7 @@ def minimize(state: State, ftol: float = 1e-12, solver: NewtonSolver | None = No
 
     cur = state
     if solver.lu is not None:
-        cur, res = solver.solve(cur, ftol, nlist)
+        cur, res = solver.solve(cur, ftol, nlist, max_iter=newton_first_iter)
         absorb(res, "newton")
     if not total.converged:
         switch = max(newton_switch, ftol)
