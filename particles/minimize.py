@@ -147,21 +147,24 @@ class NewtonSolver:
         self.solves = 0
 
     def factorize(self, state: State, nlist: NeighbourList | None = None) -> bool:
-        """LU-factorise H + delta I at ``state``; False if that fails.
+        """LU-factorise H + D at ``state``; False if that fails.
 
-        delta = shift * mean(diag H) makes the two translation modes and
-        contact-free rattlers (zero rows) regular: their force components
-        vanish, so the step leaves them alone, while every mode stiffer
-        than delta keeps its exact Newton step. The symmetric structure is
+        D is diagonal: shift * mean(diag H) everywhere, which makes the two
+        translation modes regular (the net force vanishes, so the step does
+        not translate the system) while every mode stiffer than that keeps
+        its exact Newton step; and mean(diag H) on contact-free particles
+        (rattlers, zero rows of H), so that a rattler that touches a
+        neighbour later gets a plain gradient step, not F / shift. The symmetric structure is
         ordered by minimum degree on H + H^T without row pivoting
         (H + delta I is positive definite at a stable state).
         """
         nlist = nlist or NeighbourList()
-        H, _ = hessian(state, nlist)
-        diag = H.diagonal()
-        delta = self.shift * max(float(np.mean(diag)), np.finfo(float).tiny)
+        H, contacts = hessian(state, nlist)
+        typical = max(float(np.mean(H.diagonal())), np.finfo(float).tiny)
+        shift = np.full(H.shape[0], self.shift * typical)
+        shift[np.repeat(contacts == 0, 2)] = typical
         try:
-            self.lu = spla.splu((H + delta * sp.identity(H.shape[0], format="csc")).tocsc(),
+            self.lu = spla.splu((H + sp.diags(shift, format="csc")).tocsc(),
                                 permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                                 options={"SymmetricMode": True})
         except RuntimeError:  # exactly singular
