@@ -122,6 +122,13 @@ def steepest_descent(state: State, ftol: float = 1e-12, max_steps: int = 10_000_
     return out, res, dt_next
 
 
+def _contacts(state: State, nlist: NeighbourList) -> np.ndarray:
+    """Contact-network signature of ``state`` (see kernels.contact_signature)."""
+    offsets, nbr, imx, imy = nlist.update(state)
+    return kernels.contact_signature(state.pos, state.radii, state.Lx, state.Ly, state.tilt,
+                                     offsets, nbr, imx, imy)
+
+
 def _max_norm(F: np.ndarray) -> float:
     """max_i |F_i| of an (N, 2) array."""
     return float(np.sqrt(np.max(np.sum(F * F, axis=1))))
@@ -130,13 +137,14 @@ def _max_norm(F: np.ndarray) -> float:
 class NewtonSolver:
     """Safeguarded Newton iterations with a reusable sparse LU of the Hessian.
 
-    The factorised matrix is H + delta I (see :meth:`factorize`). The LU is reused (chord iterations) while the max
-    force drops by at least ``rate`` per solve, across calls too (strain
-    steps with an unchanged contact network); otherwise it is refactorised
-    at the current state.
+    The factorised matrix is H + D (see :meth:`factorize`). The LU is
+    reused (chord iterations) while the contact network is the one it was
+    computed for, across calls too (strain steps); when the network has
+    changed, a chord step fails the safeguards, or the force norm fell by
+    less than a factor ``rate``, it is refactorised at the current state.
     """
 
-    def __init__(self, rate: float = 0.25, max_iter: int = 60, shift: float = 1e-10):
+    def __init__(self, rate: float = 0.5, max_iter: int = 60, shift: float = 1e-10):
         self.rate = rate
         self.max_iter = max_iter
         self.shift = shift
@@ -171,6 +179,7 @@ class NewtonSolver:
             self.lu = None
             return False
         self.n = state.n
+        self.signature = _contacts(state, nlist)
         self.factorizations += 1
         self.fresh = True
         return True
@@ -196,7 +205,8 @@ class NewtonSolver:
         for _ in range(max_iter or self.max_iter):
             if fmax < ftol:
                 break
-            if self.lu is None or self.n != cur.n:
+            if (self.lu is None or self.n != cur.n
+                    or not np.array_equal(self.signature, _contacts(cur, nlist))):
                 if not self.factorize(cur, nlist):
                     notes.append("singular Hessian")
                     break
@@ -229,10 +239,9 @@ class NewtonSolver:
                 continue
             ratio = fnorm_t / fnorm
             cur, energy, F, fnorm, fmax = trial, e_t, F_t, fnorm_t, _max_norm(F_t)
+            self.fresh = False
             if ratio > self.rate:
-                self.lu = None
-            else:
-                self.fresh = False
+                self.lu = None  # chord iterations too slow: refactorise
         res = MinimizeResult(fmax < ftol, fmax, energy, 0, nfev,
                              self.solves - solves0, self.factorizations - fact0,
                              method="newton", notes=notes)
