@@ -162,9 +162,9 @@ class NewtonSolver:
         not translate the system) while every mode stiffer than that keeps
         its exact Newton step; and mean(diag H) on contact-free particles
         (rattlers, zero rows of H), so that a rattler that touches a
-        neighbour later gets a plain gradient step, not F / shift. The symmetric structure is
-        ordered by minimum degree on H + H^T without row pivoting
-        (H + delta I is positive definite at a stable state).
+        neighbour later gets a plain gradient step, not F / shift. The
+        symmetric structure is ordered by minimum degree on H + H^T without
+        row pivoting (H + D is positive definite at a stable state).
         """
         nlist = nlist or NeighbourList()
         H, contacts = hessian(state, nlist)
@@ -249,7 +249,8 @@ class NewtonSolver:
 
 
 def minimize(state: State, ftol: float = 1e-12, solver: NewtonSolver | None = None,
-             newton_switch: float = 1e-9, newton_first_iter: int = 12, fire_params: FireParams | None = None,
+             newton_switch: float = 1e-9, newton_first_iter: int = 30,
+             fire_params: FireParams | None = None,
              max_fire_iter: int = 1_000_000, raise_on_failure: bool = False
              ) -> tuple[State, MinimizeResult]:
     """Minimise to max|F| < ftol: Newton first (at most ``newton_first_iter``
