@@ -261,8 +261,7 @@ def hertz_virial(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, virial):
         wyy = 0.0
         for k in range(offsets[i], offsets[i + 1]):
             j = nbr[k]
-            dx = pos[j, 0] - pos[i, 0] + imx[k] * Lx + imy[k] * xy
-            dy = pos[j, 1] - pos[i, 1] + imy[k] * Ly
+            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
             s = rad[i] + rad[j]
             r2 = dx * dx + dy * dy
             if r2 < s * s:
@@ -283,6 +282,31 @@ def hertz_virial(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, virial):
             for b in range(2):
                 total[a, b] += virial[i, a, b]
     return total
+
+
+@njit(cache=True, inline="always")
+def _separation(pos, i, j, mx, my, Lx, Ly, xy):
+    """r_ij = x_j - x_i + mx a1 + my a2 (xy = tilt * Ly)."""
+    return pos[j, 0] - pos[i, 0] + mx * Lx + my * xy, pos[j, 1] - pos[i, 1] + my * Ly
+
+
+@njit(cache=True, inline="always")
+def _stiffness(dx, dy, s):
+    """Pair stiffness block K = u'' n n + (u'/r)(1 - n n) for r < s, else 0:
+    returns (Kxx, Kxy, Kyy, in_contact)."""
+    r2 = dx * dx + dy * dy
+    if r2 >= s * s:
+        return 0.0, 0.0, 0.0, False
+    r = math.sqrt(r2)
+    h = 1.0 - r / s
+    sh = math.sqrt(h)
+    d1 = -2.5 / s * h * sh          # u'
+    d2 = 3.75 / (s * s) * sh        # u''
+    nx = dx / r
+    ny = dy / r
+    t = d1 / r
+    return (d2 * nx * nx + t * (1.0 - nx * nx), (d2 - t) * nx * ny,
+            d2 * ny * ny + t * (1.0 - ny * ny), True)
 
 
 @njit(cache=True)
@@ -309,25 +333,9 @@ def hertz_hessian_triplets(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy):
             j = nbr[k]
             if j <= i:
                 continue
-            dx = pos[j, 0] - pos[i, 0] + imx[k] * Lx + imy[k] * xy
-            dy = pos[j, 1] - pos[i, 1] + imy[k] * Ly
-            s = rad[i] + rad[j]
-            r2 = dx * dx + dy * dy
-            kxx = 0.0
-            kxy = 0.0
-            kyy = 0.0
-            if r2 < s * s:
-                r = math.sqrt(r2)
-                h = 1.0 - r / s
-                sh = math.sqrt(h)
-                d1 = -2.5 / s * h * sh          # u'
-                d2 = 3.75 / (s * s) * sh        # u''
-                nx_ = dx / r
-                ny_ = dy / r
-                t = d1 / r
-                kxx = d2 * nx_ * nx_ + t * (1.0 - nx_ * nx_)
-                kxy = d2 * nx_ * ny_ - t * nx_ * ny_
-                kyy = d2 * ny_ * ny_ + t * (1.0 - ny_ * ny_)
+            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
+            kxx, kxy, kyy, touching = _stiffness(dx, dy, rad[i] + rad[j])
+            if touching:
                 contacts[i] += 1
                 contacts[j] += 1
             blk = (kxx, kxy, kxy, kyy)
@@ -356,24 +364,11 @@ def hertz_affine_force(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, out):
         fy = 0.0
         for k in range(offsets[i], offsets[i + 1]):
             j = nbr[k]
-            dx = pos[j, 0] - pos[i, 0] + imx[k] * Lx + imy[k] * xy
-            dy = pos[j, 1] - pos[i, 1] + imy[k] * Ly
-            s = rad[i] + rad[j]
-            r2 = dx * dx + dy * dy
-            if r2 < s * s:
-                r = math.sqrt(r2)
-                h = 1.0 - r / s
-                sh = math.sqrt(h)
-                d1 = -2.5 / s * h * sh
-                d2 = 3.75 / (s * s) * sh
-                nx_ = dx / r
-                ny_ = dy / r
-                t = d1 / r
-                # d r_ij / d gamma = (dy, 0); force on i is +K_ij . (dy, 0)
-                kxx = d2 * nx_ * nx_ + t * (1.0 - nx_ * nx_)
-                kxy = d2 * nx_ * ny_ - t * nx_ * ny_
-                fx += kxx * dy
-                fy += kxy * dy
+            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
+            # d r_ij / d gamma = (dy, 0); the force on i is +K_ij . (dy, 0)
+            kxx, kxy, _, _ = _stiffness(dx, dy, rad[i] + rad[j])
+            fx += kxx * dy
+            fy += kxy * dy
         out[i, 0] = fx
         out[i, 1] = fy
 
@@ -553,8 +548,7 @@ def contact_signature(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy):
     for i in prange(n):
         for k in range(offsets[i], offsets[i + 1]):
             j = nbr[k]
-            dx = pos[j, 0] - pos[i, 0] + imx[k] * Lx + imy[k] * xy
-            dy = pos[j, 1] - pos[i, 1] + imy[k] * Ly
+            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
             s = rad[i] + rad[j]
             if dx * dx + dy * dy < s * s:
                 out[i, 0] += 1
