@@ -1,0 +1,514 @@
+"""The calibration file: the one module that reads, writes and validates it.
+
+``calibrate/`` writes it from particle trajectories (SPEC.md section 4) and
+``lattice/`` reads it (SPEC.md section 5). A default file,
+``lattice/data/default_calibration.json``, marked ``"calibrated": false``,
+holds placeholder numbers of plausible magnitude so that the lattice runs
+before any particle data exists (``placeholder_calibration`` documents each
+of them).
+
+Format: JSON (human-readable), UTF-8, schema ``step-calibration`` version
+``SCHEMA_VERSION``. Units are particle units (SPEC.md section 0): lengths
+in small-particle diameters, energies in the pair prefactor, time in the
+overdamped unit (unit drag per particle). NaN is written as JSON ``null``.
+
+Top level::
+
+    schema, schema_version, calibrated (bool), description, code_version,
+    inputs: [{"path": str, "sha256": str}, ...]      (hashes of the inputs)
+    scalars: {name: quantity}
+    curves:  {name: curve}
+
+A *quantity* is ``{"value", "error", "n", "fit_range", "unit",
+"description", "flag"}``: ``n`` is the sample size (int >= 0), ``fit_range``
+null or [lo, hi] of the fit's abscissa, ``flag`` null or a string (why a
+number is unreliable). ``n = 0`` requires a flag; a NaN value requires
+``n = 0`` (too little data gives NaN, n = 0 and a flag, never a crash).
+
+Curves (every array a JSON list; ``n`` per point is a sample size):
+
+- ``c0``, ``c1``: per-particle softness change per frame of a particle at
+  distance r from a rearranger, dS = c0(r) + c1(r) (S - <S>) + b k
+  (SPEC.md section 4, item 3): ``r`` (bin centres, increasing, > 0),
+  ``value``, ``error``, ``n``; ``fit``: the power law of the tail,
+  ``{"amplitude": q, "exponent": q, "sign": +1 or -1}``,
+  value(r) = sign * amplitude * r^-exponent over ``amplitude.fit_range``.
+- ``p_s``: P(S) of the site-averaged softness (SPEC.md section 5: the mean
+  particle softness over a site-sized region): histogram ``edges`` (nb + 1,
+  increasing), ``density`` (nb, >= 0, integrating to 1), ``n`` (nb counts).
+- ``yield_strain``: quantiles of the yield strain eps_y (the eps_dev of the
+  strain accumulated since the last rearrangement at which a site yields,
+  SPEC.md section 4 item 5) given the site-averaged softness: ``s``
+  (nS, uniform grid), ``u`` (nU, uniform grid in [0, 1], the quantile
+  levels), ``value`` (nS, nU, > 0, non-decreasing along u), ``error``
+  (nS, nU), ``n`` (nS samples per S bin).
+
+Scalars (``SCALARS`` lists units and allowed ranges): elastic constants
+(relaxed and instantaneous lambda, mu, nu), number density, site size,
+time per frame, compression source amplitude / centre / width, softness b,
+the rearranger's own softness change, relaxed fraction, residual, frames
+per rearrangement.
+"""
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "step-calibration"
+SCHEMA_VERSION = 1
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "default_calibration.json"
+
+
+class CalibrationError(ValueError):
+    """A calibration file that is missing, malformed or out of range.
+    The message names the file and the offending field."""
+
+
+# name: (unit, description, lo, hi, lo_open, hi_open) -- range of a finite value
+SCALARS = {
+    "lambda_relaxed": ("energy/length^2", "Lame lambda, relaxed (non-affine) response", None, None, False, False),
+    "mu_relaxed": ("energy/length^2", "shear modulus mu, relaxed response", 0.0, None, True, False),
+    "nu_relaxed": ("1", "2-D Poisson ratio lambda/(lambda + 2 mu), relaxed", -1.0, 1.0, True, True),
+    "lambda_instantaneous": ("energy/length^2", "Lame lambda, instantaneous (affine)", None, None, False, False),
+    "mu_instantaneous": ("energy/length^2", "shear modulus mu, instantaneous", 0.0, None, True, False),
+    "nu_instantaneous": ("1", "2-D Poisson ratio, instantaneous", -1.0, 1.0, True, True),
+    "number_density": ("1/length^2", "N/V; the continuum drag per unit area eta", 0.0, None, True, False),
+    "site_size": ("length", "lattice site side a (about one rearrangement)", 0.0, None, True, False),
+    "time_per_frame": ("time", "time dt of one lattice frame (mean time between particle frames)", 0.0, None, True, False),
+    "compression_amplitude": ("length^2", "half-trace x area of a rearrangement's transient compression (> 0: dilation)", None, None, False, False),
+    "compression_t_centre": ("time", "centre of the Gaussian compression rate after the rearrangement starts", 0.0, None, False, False),
+    "compression_width": ("time", "standard deviation of the Gaussian compression rate", 0.0, None, True, False),
+    "softness_b": ("1/strain", "b in dS = ... + b k (per-frame volumetric strain)", None, None, False, False),
+    "self_change": ("softness", "the rearranger's own softness change, after minus before", None, None, False, False),
+    "relaxed_fraction": ("1", "fraction of the local elastic deviatoric strain a rearrangement relaxes", 0.0, 1.0, True, False),
+    "residual": ("strain (eps_dev)", "eps_dev of the local elastic strain a rearrangement leaves", 0.0, None, False, False),
+    "frames_per_rearrangement": ("frames", "frames a rearrangement lasts", 1.0, None, False, False),
+}
+RADIAL_CURVES = ("c0", "c1")
+CURVES = RADIAL_CURVES + ("p_s", "yield_strain")
+
+
+# --------------------------------------------------------------------------
+# In-memory form
+# --------------------------------------------------------------------------
+
+@dataclass
+class Quantity:
+    """One calibrated number: value, error, sample size n, fit range."""
+
+    value: float
+    error: float = math.nan
+    n: int = 0
+    fit_range: tuple | None = None
+    unit: str = ""
+    description: str = ""
+    flag: str | None = None
+
+    def to_json(self):
+        return {"value": _num(self.value), "error": _num(self.error), "n": int(self.n),
+                "fit_range": None if self.fit_range is None else [_num(x) for x in self.fit_range],
+                "unit": self.unit, "description": self.description, "flag": self.flag}
+
+
+@dataclass
+class Calibration:
+    """A validated calibration: ``scalars`` {name: Quantity}; ``curves``
+    {name: dict of numpy arrays, plus ``fit`` {name: Quantity, "sign": int}
+    for c0 and c1}."""
+
+    scalars: dict
+    curves: dict
+    calibrated: bool = False
+    description: str = ""
+    code_version: str = ""
+    inputs: list | None = None
+    source: str = "<memory>"
+
+    def __getitem__(self, name):
+        """Value of a scalar."""
+        return self.scalars[name].value
+
+    def require_finite(self, names, context="the lattice model"):
+        """Raise CalibrationError naming every scalar in ``names`` whose value is NaN."""
+        bad = [n for n in names if not math.isfinite(self.scalars[n].value)]
+        if bad:
+            raise CalibrationError(f"calibration {self.source}: {context} needs finite values of "
+                                   f"{', '.join('scalars.' + b for b in bad)} (NaN: too little data?)")
+
+    def to_json(self):
+        curves = {}
+        for name, c in self.curves.items():
+            d = {k: _arr(v) for k, v in c.items() if k != "fit"}
+            if "fit" in c:
+                d["fit"] = {k: (v.to_json() if isinstance(v, Quantity) else v) for k, v in c["fit"].items()}
+            curves[name] = d
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "calibrated": bool(self.calibrated),
+                "description": self.description, "code_version": self.code_version,
+                "inputs": list(self.inputs or []),
+                "scalars": {k: q.to_json() for k, q in self.scalars.items()}, "curves": curves}
+
+    def dumps(self):
+        """The file's text (validated first)."""
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False)
+        parse_calibration(json.loads(text), self.source)  # never write what we would refuse to read
+        return text + "\n"
+
+    def sha256(self):
+        return hashlib.sha256(self.dumps().encode()).hexdigest()
+
+
+def _num(x):
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _arr(a):
+    a = np.asarray(a)
+    if a.dtype.kind in "iu":
+        return a.tolist()
+    return [(_arr(v) if a.ndim > 1 else _num(v)) for v in a]
+
+
+# --------------------------------------------------------------------------
+# Reading and validation
+# --------------------------------------------------------------------------
+
+def load_calibration(path="default"):
+    """Read and validate a calibration file; ``"default"`` is the shipped
+    placeholder file. Raises CalibrationError (naming the file and field)."""
+    p = DEFAULT_PATH if str(path) == "default" else Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CalibrationError(f"calibration file {p}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise CalibrationError(f"calibration file {p}: not valid JSON ({exc})") from None
+    return parse_calibration(data, str(p))
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not allowed (write NaN as null)")
+
+
+def save_calibration(cal, path):
+    """Write atomically (temporary file + rename); returns the path."""
+    p = Path(path)
+    text = cal.dumps()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+    return p
+
+
+def parse_calibration(data, source="<memory>"):
+    """Validate a decoded JSON object and build a Calibration."""
+    err = _Err(source)
+    if not isinstance(data, dict):
+        err("", "the top level must be a JSON object")
+    if data.get("schema") != SCHEMA:
+        err("schema", f"must be {SCHEMA!r}, got {data.get('schema')!r}")
+    ver = data.get("schema_version")
+    if ver != SCHEMA_VERSION:
+        err("schema_version", f"this code reads version {SCHEMA_VERSION}, got {ver!r}")
+    calibrated = data.get("calibrated")
+    if not isinstance(calibrated, bool):
+        err("calibrated", "must be true or false")
+    inputs = data.get("inputs", [])
+    if not isinstance(inputs, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("path"), str) and isinstance(i.get("sha256"), str)
+            for i in inputs):
+        err("inputs", "must be a list of {path, sha256}")
+    scal = data.get("scalars")
+    if not isinstance(scal, dict):
+        err("scalars", "missing or not an object")
+    unknown = sorted(set(scal) - set(SCALARS))
+    if unknown:
+        err(f"scalars.{unknown[0]}", f"unknown scalar (known: {', '.join(SCALARS)})")
+    scalars = {}
+    for name, (unit, desc, lo, hi, lo_open, hi_open) in SCALARS.items():
+        if name not in scal:
+            err(f"scalars.{name}", "missing")
+        q = _quantity(scal[name], f"scalars.{name}", err)
+        v = q.value
+        if math.isfinite(v):
+            ok = (lo is None or (v > lo if lo_open else v >= lo)) and \
+                 (hi is None or (v < hi if hi_open else v <= hi))
+            if not ok:
+                rng = f"{'(' if lo_open or lo is None else '['}{'-inf' if lo is None else lo}, " \
+                      f"{'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}"
+                err(f"scalars.{name}.value", f"{v!r} is outside the allowed range {rng}")
+        if not q.unit:
+            q.unit = unit
+        if not q.description:
+            q.description = desc
+        scalars[name] = q
+    for kind in ("relaxed", "instantaneous"):
+        lam, mu, nu = (scalars[f"{p}_{kind}"].value for p in ("lambda", "mu", "nu"))
+        if all(math.isfinite(x) for x in (lam, mu, nu)):
+            if lam + mu <= 0:
+                err(f"scalars.lambda_{kind}.value", f"lambda + mu must be > 0 (got {lam + mu!r})")
+            if abs(nu - lam / (lam + 2 * mu)) > 1e-6 * max(1.0, abs(nu)):
+                err(f"scalars.nu_{kind}.value",
+                    f"{nu!r} != lambda/(lambda + 2 mu) = {lam / (lam + 2 * mu)!r}")
+
+    cur = data.get("curves")
+    if not isinstance(cur, dict):
+        err("curves", "missing or not an object")
+    unknown = sorted(set(cur) - set(CURVES))
+    if unknown:
+        err(f"curves.{unknown[0]}", f"unknown curve (known: {', '.join(CURVES)})")
+    curves = {}
+    for name in CURVES:
+        if name not in cur or not isinstance(cur[name], dict):
+            err(f"curves.{name}", "missing or not an object")
+    for name in RADIAL_CURVES:
+        curves[name] = _radial_curve(cur[name], f"curves.{name}", err)
+    curves["p_s"] = _histogram(cur["p_s"], "curves.p_s", err)
+    curves["yield_strain"] = _yield_table(cur["yield_strain"], "curves.yield_strain", err)
+    return Calibration(scalars=scalars, curves=curves, calibrated=calibrated,
+                       description=str(data.get("description", "")),
+                       code_version=str(data.get("code_version", "")), inputs=inputs, source=source)
+
+
+class _Err:
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, field, msg):
+        where = f" field {field!r}:" if field else ""
+        raise CalibrationError(f"calibration {self.source}:{where} {msg}")
+
+
+def _float(x, field, err):
+    if x is None:
+        return math.nan
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        err(field, f"must be a number or null, got {x!r}")
+    return float(x)
+
+
+def _quantity(d, field, err):
+    if not isinstance(d, dict):
+        err(field, "must be an object {value, error, n, fit_range, ...}")
+    for key in ("value", "error", "n"):
+        if key not in d:
+            err(f"{field}.{key}", "missing")
+    value = _float(d["value"], f"{field}.value", err)
+    error = _float(d["error"], f"{field}.error", err)
+    n = d["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        err(f"{field}.n", f"must be an integer >= 0, got {n!r}")
+    if math.isfinite(error) and error < 0:
+        err(f"{field}.error", f"must be >= 0, got {error!r}")
+    fr = d.get("fit_range")
+    if fr is not None:
+        if not (isinstance(fr, list) and len(fr) == 2):
+            err(f"{field}.fit_range", "must be null or [lo, hi]")
+        fr = tuple(_float(x, f"{field}.fit_range", err) for x in fr)
+        if not fr[0] <= fr[1]:
+            err(f"{field}.fit_range", f"needs lo <= hi, got {list(fr)}")
+    flag = d.get("flag")
+    if flag is not None and not isinstance(flag, str):
+        err(f"{field}.flag", "must be null or a string")
+    if math.isnan(value) and n != 0:
+        err(f"{field}.value", "NaN (null) requires n = 0 and a flag")
+    if n == 0 and not flag:
+        err(f"{field}.flag", "n = 0 (no data) requires a flag saying why")
+    return Quantity(value, error, n, fr, str(d.get("unit", "")), str(d.get("description", "")), flag)
+
+
+def _array(d, key, field, err, ndim=1, integer=False):
+    if key not in d:
+        err(f"{field}.{key}", "missing")
+    try:
+        a = np.array([math.nan if v is None else v for v in d[key]] if ndim == 1 else
+                     [[math.nan if v is None else v for v in row] for row in d[key]], dtype=float)
+    except (TypeError, ValueError):
+        err(f"{field}.{key}", f"must be a {ndim}-D array of numbers")
+    if a.ndim != ndim or a.size == 0:
+        err(f"{field}.{key}", f"must be a non-empty {ndim}-D array, got shape {a.shape}")
+    if integer:
+        if not (np.all(np.isfinite(a)) and np.all(a == np.round(a)) and np.all(a >= 0)):
+            err(f"{field}.{key}", "must hold integers >= 0")
+        return a.astype(np.int64)
+    return a
+
+
+def _increasing(a, field, err, uniform=False):
+    if not np.all(np.isfinite(a)) or np.any(np.diff(a) <= 0):
+        err(field, "must be finite and strictly increasing")
+    if uniform and a.size > 2:
+        step = (a[-1] - a[0]) / (a.size - 1)
+        if np.abs(np.diff(a) - step).max() > 1e-9 * max(abs(step), 1e-300) + 1e-12:
+            err(field, f"must be a uniform grid (constant spacing {step:g})")
+
+
+def _radial_curve(d, field, err):
+    r = _array(d, "r", field, err)
+    _increasing(r, f"{field}.r", err)
+    if r[0] <= 0:
+        err(f"{field}.r", "must be > 0")
+    out = {"r": r}
+    for key in ("value", "error"):
+        out[key] = _array(d, key, field, err)
+    out["n"] = _array(d, "n", field, err, integer=True)
+    for key in ("value", "error", "n"):
+        if out[key].shape != r.shape:
+            err(f"{field}.{key}", f"length {out[key].size} != length of r ({r.size})")
+    fit = d.get("fit")
+    if not isinstance(fit, dict):
+        err(f"{field}.fit", "missing: the power-law tail fit {amplitude, exponent, sign}")
+    sign = fit.get("sign")
+    if sign not in (1, -1):
+        err(f"{field}.fit.sign", f"must be +1 or -1, got {sign!r}")
+    amp = _quantity(fit.get("amplitude"), f"{field}.fit.amplitude", err)
+    expo = _quantity(fit.get("exponent"), f"{field}.fit.exponent", err)
+    if math.isfinite(amp.value) and amp.value < 0:
+        err(f"{field}.fit.amplitude.value", "must be >= 0 (the sign is separate)")
+    out["fit"] = {"amplitude": amp, "exponent": expo, "sign": sign}
+    return out
+
+
+def _histogram(d, field, err):
+    edges = _array(d, "edges", field, err)
+    _increasing(edges, f"{field}.edges", err)
+    dens = _array(d, "density", field, err)
+    n = _array(d, "n", field, err, integer=True)
+    if dens.size != edges.size - 1 or n.size != edges.size - 1:
+        err(f"{field}.density", f"needs len(edges) - 1 = {edges.size - 1} values (density {dens.size}, n {n.size})")
+    if not np.all(np.isfinite(dens)) or np.any(dens < 0):
+        err(f"{field}.density", "must be finite and >= 0")
+    total = float((dens * np.diff(edges)).sum())
+    if abs(total - 1.0) > 1e-6:
+        err(f"{field}.density", f"must integrate to 1 over the bins, got {total!r}")
+    return {"edges": edges, "density": dens, "n": n}
+
+
+def _yield_table(d, field, err):
+    s = _array(d, "s", field, err)
+    _increasing(s, f"{field}.s", err, uniform=True)
+    u = _array(d, "u", field, err)
+    _increasing(u, f"{field}.u", err, uniform=True)
+    if u[0] < 0 or u[-1] > 1:
+        err(f"{field}.u", "quantile levels must lie in [0, 1]")
+    if u.size < 2:
+        err(f"{field}.u", "needs at least 2 quantile levels")
+    val = _array(d, "value", field, err, ndim=2)
+    errs = _array(d, "error", field, err, ndim=2)
+    n = _array(d, "n", field, err, integer=True)
+    for key, a in (("value", val), ("error", errs)):
+        if a.shape != (s.size, u.size):
+            err(f"{field}.{key}", f"shape {a.shape} != (len(s), len(u)) = {(s.size, u.size)}")
+    if n.shape != s.shape:
+        err(f"{field}.n", f"length {n.size} != length of s ({s.size})")
+    if not np.all(np.isfinite(val)) or np.any(val <= 0):
+        err(f"{field}.value", "yield strains must be finite and > 0 (fill empty S bins before writing)")
+    if np.any(np.diff(val, axis=1) < 0):
+        i = int(np.argwhere(np.diff(val, axis=1) < 0)[0, 0])
+        err(f"{field}.value", f"quantiles must be non-decreasing along u (row s = {s[i]:g})")
+    return {"s": s, "u": u, "value": val, "error": errs, "n": n}
+
+
+# --------------------------------------------------------------------------
+# The shipped placeholder
+# --------------------------------------------------------------------------
+
+#: flag of every placeholder number in the default file
+PLACEHOLDER = "placeholder: not measured (default file, see lattice/calibration.py)"
+
+
+def placeholder_calibration():
+    """The default calibration (``calibrated: false``): plausible magnitudes only.
+
+    - Elastic constants: measured once by this project's particle engine at
+      phi = 0.9 (N = 256): instantaneous lambda + 2 mu = 0.36, lambda =
+      0.133, mu = 0.116; relaxed lambda + 2 mu ~ 0.25, lambda ~ 0.19,
+      mu ~ 0.03 (n = 1 packing, so errors are guesses of 20 %).
+    - number density N/V = 0.9 / (pi (0.5^2 + 0.7^2)/2) (exact for phi = 0.9).
+    - site size 5 (a rearrangement involves ~10-20 particles), time per
+      frame 20, compression amplitude 0.05 (dilation, half-trace x area),
+      rate centred 30 after the start with width 10 (1.5 and 0.5 frames):
+      guesses.
+    - c0(r) = 0.06 r^-3, c1(r) = -0.01 r^-3 per frame for r >= 1 (held at
+      the r = 1 value inside): softening near a rearrangement that decays
+      with distance, and a weak relaxation of S towards <S> (order of
+      magnitude of the literature, e.g. Zhang et al., PRX 12, 031010 (2022));
+      b = 5 (dilation softens).
+    - self change: chosen so that the total softness is conserved,
+      self = -(frames per rearrangement) x n x integral of c0 over the plane
+      = -3 n 3 pi 0.06 (= -1.313).
+    - P(S) of site-averaged S: Gaussian, mean -0.5, sd 0.5, on [-3, 2].
+    - yield strain given S: Weibull, shape 2, scale 0.06 exp(-0.3 S)
+      (eps_dev units), quantiles u = 0.005 ... 0.995, S = -2 ... 1.
+    - relaxed fraction 0.5, residual 0.02, frames per rearrangement 3.
+    """
+    def q(value, rel_err=0.2, unit=""):
+        return Quantity(float(value), abs(float(value)) * rel_err, 0, None, unit, "", PLACEHOLDER)
+
+    density = 0.9 / (np.pi * (0.5**2 + 0.7**2) / 2)
+    frames = 3.0
+    c0_amp, c1_amp, expo = 0.06, 0.01, 3.0
+    # sum over particles of c0 per frame, with c0 held at its first bin (r = 1)
+    # inside r < 1 as the lattice does: n (pi c0(1) + int_1^inf c0 2 pi r dr)
+    self_change = -frames * density * np.pi * c0_amp * (1.0 + 2.0 / (expo - 2.0))
+    scalars = {
+        "lambda_relaxed": q(0.19), "mu_relaxed": q(0.03), "nu_relaxed": q(0.19 / 0.25, 0.1),
+        "lambda_instantaneous": q(0.133, 0.05), "mu_instantaneous": q(0.116, 0.05),
+        "nu_instantaneous": q(0.133 / (0.133 + 0.232), 0.05),
+        "number_density": Quantity(density, 0.0, 0, None, "", "", PLACEHOLDER),
+        "site_size": q(5.0), "time_per_frame": q(20.0, 0.5),
+        "compression_amplitude": q(0.05, 0.5), "compression_t_centre": q(30.0, 0.5),
+        "compression_width": q(10.0, 0.5), "softness_b": q(5.0, 0.5),
+        "self_change": q(round(self_change, 6), 0.3), "relaxed_fraction": q(0.5),
+        "residual": q(0.02, 0.5), "frames_per_rearrangement": q(frames, 0.3),
+    }
+    r = np.arange(1.0, 10.01, 0.5)
+
+    def radial(amp, sign):
+        fit = {"amplitude": Quantity(amp, 0.3 * amp, 0, (1.0, 10.0), "softness/frame", "", PLACEHOLDER),
+               "exponent": Quantity(expo, 0.5, 0, (1.0, 10.0), "1", "", PLACEHOLDER), "sign": sign}
+        val = sign * amp * r**-expo
+        return {"r": r, "value": val, "error": 0.3 * np.abs(val), "n": np.zeros(r.size, np.int64), "fit": fit}
+
+    edges = np.round(np.arange(-3.0, 2.0001, 0.1), 10)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)((edges + 0.5) / (0.5 * np.sqrt(2))))
+    dens = np.diff(cdf) / np.diff(edges)
+    dens /= (dens * np.diff(edges)).sum()
+    s = np.linspace(-2.0, 1.0, 13)
+    u = np.linspace(0.005, 0.995, 100)
+    table = 0.06 * np.exp(-0.3 * s)[:, None] * np.sqrt(-np.log1p(-u))[None, :]
+    curves = {
+        "c0": radial(c0_amp, +1), "c1": radial(c1_amp, -1),
+        "p_s": {"edges": edges, "density": dens, "n": np.zeros(dens.size, np.int64)},
+        "yield_strain": {"s": s, "u": u, "value": table, "error": 0.3 * table,
+                         "n": np.zeros(s.size, np.int64)},
+    }
+    for k, (unit, desc, *_rest) in SCALARS.items():
+        scalars[k].unit, scalars[k].description = unit, desc
+    return Calibration(scalars=scalars, curves=curves, calibrated=False,
+                       description="Placeholder calibration shipped with the code so that the lattice "
+                                   "runs before any particle data exists. NOT CALIBRATED: every number "
+                                   "is a plausible magnitude, see lattice/calibration.py "
+                                   "(placeholder_calibration).",
+                       code_version="", inputs=[], source="placeholder_calibration()")
+
+
+def file_sha256(path):
+    """sha256 of a file's bytes (for the ``inputs`` list)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+if __name__ == "__main__":  # regenerate the shipped default file
+    print(save_calibration(placeholder_calibration(), DEFAULT_PATH))

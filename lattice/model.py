@@ -1,0 +1,649 @@
+"""The STEP lattice model: quasistatic extremal dynamics of a periodic
+lattice of sites with elastic strain, softness and yield quantiles
+(SPEC.md section 5; equations and conventions in docs/model.md, "Model").
+
+Units: lengths in sites (side a, from the calibration, in particle
+diameters), time in lattice frames (dt from the calibration), strains
+dimensionless (k = half trace, e1 = (exx - eyy)/2, e2 = exy; eps_dev =
+2 sqrt(e1^2 + e2^2)), stress in the calibration's unit (sigma_xy =
+2 mu <e2>), softness in the calibration's (SVM distance) unit. The applied
+strain ``gamma`` is the engineering shear strain: a uniform e2 increment x
+raises gamma by 2 x (SPEC.md section 0).
+
+``STEPModel(L, calibration, options, seed, threads)`` holds the state;
+``avalanche()`` loads to the next instability and runs the avalanche to
+its end; ``load()`` and ``run_avalanche(site)`` are its two halves. Every
+rearrangement and every avalanche is appended to ``rearrangements`` and
+``avalanches`` (``Table``).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dynamics as dyn
+from .calibration import Calibration, CalibrationError
+from .kernels import EshelbyKernels
+
+TRIGGERS = {"eps_dev": 0, "e2": 1}
+ELASTIC = ("relaxed", "instantaneous")
+
+#: Gauss-Legendre points per axis for the site averages of c0(r), c1(r);
+#: sites within NEAR_SITES (per axis) of the source use a composite rule with
+#: each site split into NEAR_SPLIT x NEAR_SPLIT cells
+SITE_QUADRATURE = 8
+NEAR_SITES = 2
+NEAR_SPLIT = 8
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Ablation switches (SPEC.md section 5).
+
+    trigger: "eps_dev" (2 sqrt(d1^2 + d2^2) >= eps_y) or "e2" (2 |d2| >= eps_y).
+    softness: False = classic EPM: S frozen, thresholds from the marginal
+        yield-strain distribution (the calibrated one averaged over P(S)).
+    volumetric: the transient compression source of each rearrangement.
+    elastic: which calibrated Lame constants set the kernels ("relaxed" or
+        "instantaneous").
+    """
+
+    trigger: str = "eps_dev"
+    softness: bool = True
+    volumetric: bool = True
+    elastic: str = "relaxed"
+
+    def __post_init__(self):
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {sorted(TRIGGERS)}, got {self.trigger!r}")
+        if self.elastic not in ELASTIC:
+            raise ValueError(f"elastic must be one of {ELASTIC}, got {self.elastic!r}")
+
+
+# --------------------------------------------------------------------------
+# Calibration -> lattice parameters
+# --------------------------------------------------------------------------
+
+def radial_profile(curve):
+    """The per-particle radial curve c(r) of a calibration (c0 or c1) as a
+    function of r (particle units): the first bin's value for r < r_0,
+    linear interpolation between bin centres, and the power-law fit
+    sign * amplitude * r^-exponent beyond the last bin."""
+    r, v = curve["r"], curve["value"]
+    fit = curve["fit"]
+    amp, expo, sign = fit["amplitude"].value, fit["exponent"].value, fit["sign"]
+
+    def c(rr):
+        rr = np.asarray(rr, dtype=float)
+        out = np.interp(rr, r, v)
+        far = rr > r[-1]
+        if np.any(far):
+            out[far] = sign * amp * rr[far] ** -expo
+        return out
+    return c
+
+
+def site_average_kernel(c, L, a, n_per_site):
+    """Site average of a radial softness kernel on the periodic L x L lattice.
+
+    Entry [dx, dy] is the mean of c(a |x|) over the square site centred at
+    the minimum-image offset (dx, dy) (site units; the rearranger sits at
+    the centre of site (0, 0)), by SITE_QUADRATURE^2 Gauss-Legendre points
+    (composite, NEAR_SPLIT^2 cells per site, within NEAR_SITES of the source).
+    The self entry [0, 0] is the average over the rest of the site (c is
+    clipped to its first bin near r = 0) times (n_per_site - 1)/n_per_site,
+    the share of the site's particles other than the rearranger.
+    """
+    xg, wg = np.polynomial.legendre.leggauss(SITE_QUADRATURE)
+    xg, wg = 0.5 * xg, 0.5 * wg  # on [-1/2, 1/2], weights sum to 1
+    h = L // 2 + 1
+    d = np.arange(h, dtype=float)
+    X = d[:, None, None, None] + xg[None, None, :, None]
+    Y = d[None, :, None, None] + xg[None, None, None, :]
+    quarter = np.empty((h, h))
+    for i in range(h):  # row by row: bounded memory for large L
+        vals = c(a * np.hypot(X[i], Y[0]))
+        quarter[i] = np.einsum("yab,a,b->y", vals, wg, wg)
+    # near the source (the clipped core, 1/r^n varying fast): composite rule,
+    # each site split into NEAR_SPLIT^2 cells of SITE_QUADRATURE^2 points
+    m = NEAR_SPLIT
+    sub = ((np.arange(m) + 0.5) / m - 0.5)[:, None] + xg[None, :] / m
+    sub, wsub = sub.ravel(), np.tile(wg, m) / m
+    for i in range(min(NEAR_SITES + 1, h)):
+        for j in range(min(NEAR_SITES + 1, h)):
+            vals = c(a * np.hypot(i + sub[:, None], j + sub[None, :]))
+            quarter[i, j] = wsub @ vals @ wsub
+    idx = np.minimum(np.arange(L), L - np.arange(L))  # minimum-image offset
+    out = quarter[np.ix_(idx, idx)]
+    out[0, 0] *= (n_per_site - 1.0) / n_per_site
+    return np.ascontiguousarray(out)
+
+
+def marginal_yield_table(ytab, p_s, n_u=512):
+    """Quantiles of the yield strain averaged over P(S), on n_u uniform
+    levels spanning the calibrated u grid: F(eps) = sum_b P_b F(eps | S_b)
+    over the P(S) bins (S_b the bin centre, F(. | S) interpolated in S and
+    inverted in u), inverted on a fine eps grid. Returns (u grid, 1 x n_u table)."""
+    s, u, val = ytab["s"], ytab["u"], ytab["value"]
+    edges, dens = p_s["edges"], p_s["density"]
+    pb = dens * np.diff(edges)
+    sb = 0.5 * (edges[1:] + edges[:-1])
+    # quantile curves at the bin centres (clamped in S, as the lattice does)
+    rows = np.array([[np.interp(np.clip(x, s[0], s[-1]), s, val[:, j]) for j in range(u.size)]
+                     for x in sb])
+    eps = np.linspace(val.min(), val.max(), 20001)
+    cdf = np.zeros_like(eps)
+    for p, row in zip(pb, rows):
+        cdf += p * np.interp(eps, row, u)  # F(eps | S_b), clamped to [u0, u1]
+    ug = np.linspace(u[0], u[-1], n_u)
+    cdf = np.maximum.accumulate(cdf)
+    q = np.interp(ug, cdf, eps)
+    return ug, np.maximum.accumulate(q)[None, :]
+
+
+@dataclass
+class LatticeParams:
+    """Everything the lattice takes from the calibration, in lattice units.
+
+    lam, mu, nu: the chosen Lame constants. a: site size (particle
+    lengths). n_per_site = number density x a^2. D = D_L dt / a^2 with
+    D_L = (lam + 2 mu)/eta and eta = number density (unit drag per particle).
+    comp_amp = compression amplitude / a^2 (half-trace x site areas);
+    comp_t, comp_w: centre and width of its rate in frames (time / dt).
+    n_frames: frames a rearrangement lasts (calibrated value rounded, >= 1).
+    phi: relaxed fraction. b: softness per unit dk. self_frame: the
+    rearranging site's own change per frame, self_change/(n_frames n_per_site).
+    """
+
+    lam: float
+    mu: float
+    nu: float
+    a: float
+    n_per_site: float
+    dt: float
+    D: float
+    comp_amp: float
+    comp_t: float
+    comp_w: float
+    n_frames: int
+    phi: float
+    b: float
+    self_change: float
+    self_frame: float
+
+    @classmethod
+    def from_calibration(cls, cal: Calibration, options: ModelOptions):
+        kind = options.elastic
+        need = [f"lambda_{kind}", f"mu_{kind}", "number_density", "site_size", "time_per_frame",
+                "relaxed_fraction", "frames_per_rearrangement"]
+        if options.volumetric:
+            need += ["compression_amplitude", "compression_t_centre", "compression_width"]
+        if options.softness:
+            need += ["softness_b", "self_change"]
+        cal.require_finite(need)
+        lam, mu = cal[f"lambda_{kind}"], cal[f"mu_{kind}"]
+        a, dens, dt = cal["site_size"], cal["number_density"], cal["time_per_frame"]
+        n_site = dens * a * a
+        if n_site < 1.0:
+            raise CalibrationError(f"calibration {cal.source}: a site must hold at least one particle "
+                                   f"(number_density x site_size^2 = {n_site:g})")
+        n_frames = max(1, int(round(cal["frames_per_rearrangement"])))
+        soft = options.softness
+        b = cal["softness_b"] if soft else 0.0
+        self_change = cal["self_change"] if soft else 0.0
+        vol = options.volumetric
+        return cls(lam=lam, mu=mu, nu=lam / (lam + 2 * mu), a=a, n_per_site=n_site, dt=dt,
+                   D=(lam + 2 * mu) / dens * dt / a**2,
+                   comp_amp=cal["compression_amplitude"] / a**2 if vol else 0.0,
+                   comp_t=cal["compression_t_centre"] / dt if vol else 0.0,
+                   comp_w=cal["compression_width"] / dt if vol else 1.0,
+                   n_frames=n_frames, phi=cal["relaxed_fraction"], b=b,
+                   self_change=self_change, self_frame=self_change / (n_frames * n_site))
+
+
+# --------------------------------------------------------------------------
+# Growable column tables
+# --------------------------------------------------------------------------
+
+class Table:
+    """Columns of equal length that grow by appending rows (amortised O(1))."""
+
+    def __init__(self, columns):
+        self.dtypes = dict(columns)
+        self.n = 0
+        self._cols = {k: np.zeros(16, dtype=t) for k, t in self.dtypes.items()}
+
+    def _reserve(self, m):
+        cap = next(iter(self._cols.values())).size
+        if self.n + m > cap:
+            new = max(2 * cap, self.n + m)
+            for k, v in self._cols.items():
+                w = np.zeros(new, dtype=v.dtype)
+                w[:self.n] = v[:self.n]
+                self._cols[k] = w
+
+    def append(self, **cols):
+        """Append rows: every column a scalar or an array of the same length m.
+        Columns not given are zero. Returns the first new row index."""
+        m = max((np.size(v) for v in cols.values()), default=1)
+        self._reserve(m)
+        for k, v in cols.items():
+            self._cols[k][self.n:self.n + m] = v
+        start = self.n
+        self.n += m
+        return start
+
+    def __getitem__(self, key):
+        return self._cols[key][:self.n]
+
+    def col(self, key):
+        """Writable view of a column (length n)."""
+        return self._cols[key][:self.n]
+
+    def as_dict(self):
+        return {k: v[:self.n].copy() for k, v in self._cols.items()}
+
+    @classmethod
+    def from_dict(cls, columns, data):
+        t = cls(columns)
+        n = len(next(iter(data.values()))) if data else 0
+        t._reserve(n)
+        for k in t.dtypes:
+            t._cols[k][:n] = data[k]
+        t.n = n
+        return t
+
+    def __len__(self):
+        return self.n
+
+
+REARRANGEMENT_COLUMNS = [
+    ("site_x", np.int32), ("site_y", np.int32), ("avalanche", np.int64),
+    ("frame", np.int64), ("frame_end", np.int64), ("gamma", np.float64),
+    ("k", np.float64), ("e1", np.float64), ("e2", np.float64),
+    ("d1", np.float64), ("d2", np.float64), ("eps_y", np.float64),
+    ("p1", np.float64), ("p2", np.float64),
+    ("S_before", np.float64), ("S_after", np.float64),
+    ("r1", np.float64), ("r2", np.float64),
+]
+AVALANCHE_COLUMNS = [
+    ("id", np.int64), ("frame", np.int64), ("duration", np.int64), ("size", np.int64),
+    ("n_sites", np.int64), ("extent", np.float64), ("gamma", np.float64),
+    ("stress_before", np.float64), ("stress_after", np.float64),
+    ("S_mean", np.float64), ("S_std", np.float64), ("first", np.int64),
+]
+#: units and meaning of every column, stored with the output
+COLUMN_DOC = {
+    "site_x": "site index along x (axis 0)", "site_y": "site index along y (axis 1)",
+    "avalanche": "avalanche id", "frame": "global frame in which the rearrangement starts",
+    "frame_end": "global frame in which its release completes (last frame + 1)",
+    "gamma": "applied engineering shear strain", "k": "elastic k at the start",
+    "e1": "elastic e1 at the start", "e2": "elastic e2 at the start",
+    "d1": "e1 - r1 at the start (strain since the last rearrangement)", "d2": "e2 - r2 at the start",
+    "eps_y": "the site's yield strain (eps_dev or 2|d2| units) at the trigger",
+    "p1": "plastic e1 x site area released (total)", "p2": "plastic e2 x site area released (total)",
+    "S_before": "softness at the start", "S_after": "softness when the release completes",
+    "r1": "residual e1 (elastic e1 when the release completes)", "r2": "residual e2",
+    "id": "avalanche id", "duration": "frames", "size": "number of rearrangements",
+    "n_sites": "distinct sites that rearranged",
+    "extent": "radius of gyration of the distinct sites (sites, periodic)",
+    "stress_before": "2 mu <e2> after the loading step", "stress_after": "2 mu <e2> at the end",
+    "S_mean": "lattice mean S at the end", "S_std": "lattice standard deviation of S at the end",
+    "first": "index of the avalanche's first rearrangement row",
+}
+
+
+def periodic_extent(ix, iy, L):
+    """Radius of gyration (sites) of a set of sites on the periodic lattice:
+    coordinates unwrapped about their circular mean, then the usual
+    root-mean-square distance from the centroid (exact for sets narrower
+    than L/2 along each axis)."""
+    if ix.size == 0:
+        return 0.0
+    out = 0.0
+    for c in (ix, iy):
+        th = 2 * np.pi * c / L
+        centre = np.arctan2(np.sin(th).mean(), np.cos(th).mean()) * L / (2 * np.pi)
+        d = (c - centre + L / 2) % L - L / 2  # unwrapped about the circular mean
+        d = d - d.mean()
+        out += float(np.mean(d * d))
+    return math.sqrt(out)
+
+
+# --------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------
+
+class AvalancheTooLong(RuntimeError):
+    """An avalanche ran past the frame limit (a runaway: check the calibration)."""
+
+
+class STEPModel:
+    """STEP lattice of L x L sites (see module docstring and docs/model.md).
+
+    Parameters
+    ----------
+    L : int (>= 8)
+    calibration : Calibration
+    options : ModelOptions
+    seed : int, the numpy PCG64 seed of the initial S, the yield quantiles u.
+    threads : FFTW threads (results are reproducible for a fixed count).
+    realspace_max_sources : a frame with at most this many rearranging
+        sites adds real-space kernels; more use whole-field transforms.
+    max_frames : frame limit of one avalanche (AvalancheTooLong beyond).
+    snapshots : keep the maps of the largest avalanche (copies 4 fields
+        per avalanche).
+
+    The state arrays (e1, e2, k, S, u, r1, r2) are public; between
+    avalanches they may be set from outside, followed by ``state_changed()``.
+    """
+
+    def __init__(self, L, calibration, options=ModelOptions(), seed=0, threads=1,
+                 realspace_max_sources=8, max_frames=1_000_000, snapshots=True):
+        L = int(L)
+        if L < 8:
+            raise ValueError(f"L must be >= 8, got {L}")
+        self.L, self.cal, self.opt = L, calibration, options
+        self.seed, self.threads = int(seed), int(threads)
+        self.realspace_max_sources = int(realspace_max_sources)
+        self.max_frames = int(max_frames)
+        self.snapshots = bool(snapshots)
+        self.par = p = LatticeParams.from_calibration(calibration, options)
+        self.mode = TRIGGERS[options.trigger]
+        self.K = K = EshelbyKernels(L, p.lam, p.mu, threads)
+        st = K.self_term()
+        self.self1, self.self2 = float(st[1, 0]), float(st[2, 1])
+
+        # yield-strain table
+        yt = calibration.curves["yield_strain"]
+        if options.softness:
+            ug, tab = yt["u"], yt["value"]
+            s = yt["s"]
+            self._s0 = float(s[0])
+            self._sinv = (s.size - 1) / (s[-1] - s[0]) if s.size > 1 else 0.0
+        else:
+            ug, tab = marginal_yield_table(yt, calibration.curves["p_s"])
+            self._s0, self._sinv = 0.0, 0.0
+        self.ytab = np.ascontiguousarray(tab, dtype=float)
+        self._u0 = float(ug[0])
+        self._uinv = (ug.size - 1) / (ug[-1] - ug[0])
+        self.u_grid = np.asarray(ug, dtype=float)
+
+        # kernels: real-space table and transforms of the softness kernels
+        G = K.real_space_kernels()
+        self.G8 = np.empty((L, L, 8))
+        for c, (aa, bb) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]):
+            self.G8[:, :, c] = G[aa, bb]
+        if options.softness:
+            self.c0_site = site_average_kernel(radial_profile(calibration.curves["c0"]), L, p.a, p.n_per_site)
+            self.c1_site = site_average_kernel(radial_profile(calibration.curves["c1"]), L, p.a, p.n_per_site)
+        else:
+            self.c0_site = np.zeros((L, L))
+            self.c1_site = np.zeros((L, L))
+        self.G8[:, :, 6] = self.c0_site
+        self.G8[:, :, 7] = self.c1_site
+        self.C0h = np.ascontiguousarray(K.rfft2(self.c0_site).real)  # symmetric kernels: real spectra
+        self.C1h = np.ascontiguousarray(K.rfft2(self.c1_site).real)
+        self.prop = np.ascontiguousarray(K.prop)
+
+        # transient compression: per-frame injection per source age (Fourier)
+        h = L // 2 + 1
+        if options.volumetric:
+            self.M = max(1, int(math.ceil(p.comp_t + 8.0 * p.comp_w)) + 1)
+            self.decay = np.exp(-p.D * K.lap)
+            hk = [K.compression_hat(float(t), 1.0, p.comp_t, p.comp_w, p.D) for t in range(self.M + 1)]
+            self.J = np.empty((self.M, L, h))
+            self.J[0] = hk[1]
+            for m in range(1, self.M):
+                self.J[m] = hk[m + 1] - self.decay * hk[m]
+            self._ring = np.zeros((self.M, L, h), dtype=complex)
+            self._slot_used = np.zeros(self.M, dtype=bool)
+            n = np.arange(L)
+            self._ex = np.exp(-1j * np.outer(n, K.qx[:, 0]))
+            self._ey = np.exp(-1j * np.outer(n, K.qy[0, :]))
+        self._Kt = np.zeros((L, h), dtype=complex)
+        self._dkt = np.zeros((L, h), dtype=complex)
+        self._transient_live = False
+        self._smean = None
+
+        # work buffers
+        self._inc = np.zeros((5, L, L))
+        self._pf = np.zeros((3, L, L))
+        self._spec = np.zeros((5, L, h), dtype=complex)
+        self._done = np.zeros(L * L, dtype=np.int64)
+        self._over = np.zeros(L * L, dtype=np.int64)
+
+        self.rearrangements = Table(REARRANGEMENT_COLUMNS)
+        self.avalanches = Table(AVALANCHE_COLUMNS)
+        self.snapshot = None
+        self._init_state()
+
+    # -- state ----------------------------------------------------------------
+    def _init_state(self):
+        L = self.L
+        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+        ps = self.cal.curves["p_s"]
+        edges, dens = ps["edges"], ps["density"]
+        cdf = np.concatenate([[0.0], np.cumsum(dens * np.diff(edges))])
+        cdf /= cdf[-1]
+        # inverse CDF of the piecewise-constant density (uniform within a bin)
+        self.S = np.interp(self.rng.random(L * L), cdf, edges).reshape(L, L)
+        self.u = self.rng.random((L, L))
+        z = lambda: np.zeros((L, L))
+        self.e1, self.e2, self.k, self.r1, self.r2 = z(), z(), z(), z(), z()
+        self.dp1, self.dp2 = z(), z()
+        self.busy = np.zeros((L, L), dtype=np.int32)
+        self.row_of_site = np.full((L, L), -1, dtype=np.int64)
+        self.gamma = 0.0
+        self.frame = 0
+        self.n_avalanches = 0
+        self.state_changed()
+
+    def state_changed(self):
+        """Call after changing u or S from outside (softness off caches eps_y:
+        S is frozen, so a site's eps_y changes only when it draws a new u)."""
+        self._use_yc = not self.opt.softness
+        self._yc = self.yield_strains() if self._use_yc else np.zeros((1, 1))
+
+    STATE_FIELDS = ("e1", "e2", "k", "S", "u", "r1", "r2")
+
+    def get_state(self):
+        """The complete state between avalanches (arrays copied), for checkpoints."""
+        if np.any(self.busy) or self._transient_live:
+            raise RuntimeError("state is only defined between avalanches")
+        d = {f: getattr(self, f).copy() for f in self.STATE_FIELDS}
+        d.update(gamma=self.gamma, frame=self.frame, n_avalanches=self.n_avalanches,
+                 rng=self.rng.bit_generator.state)
+        return d
+
+    def set_state(self, d):
+        for f in self.STATE_FIELDS:
+            arr = np.asarray(d[f], dtype=float)
+            if arr.shape != (self.L, self.L):
+                raise ValueError(f"state field {f} has shape {arr.shape}, expected {(self.L, self.L)}")
+            setattr(self, f, np.ascontiguousarray(arr).copy())
+        self.gamma, self.frame = float(d["gamma"]), int(d["frame"])
+        self.n_avalanches = int(d["n_avalanches"])
+        self.rng.bit_generator.state = d["rng"]
+        self.state_changed()
+
+    # -- observables ----------------------------------------------------------
+    def stress(self):
+        """Shear stress sigma_xy = 2 mu <e2> (calibration stress units)."""
+        return 2.0 * self.par.mu * float(np.mean(self.e2))
+
+    def yield_strains(self):
+        """eps_y = F^-1(u | S) of every site (L, L)."""
+        return dyn.yield_strains(self.u, self.S, self.ytab, self._s0, self._sinv, self._u0, self._uinv)
+
+    def trigger_strain(self):
+        """The trigger measure of every site: eps_dev (or 2|d2|) of the strain
+        since its last rearrangement."""
+        d1, d2 = self.e1 - self.r1, self.e2 - self.r2
+        return 2 * np.hypot(d1, d2) if self.mode == 0 else 2 * np.abs(d2)
+
+    # -- dynamics -------------------------------------------------------------
+    def load(self):
+        """Exact extremal loading: raise the uniform e2 by the smallest x >= 0
+        that brings a site to threshold; gamma += 2x. Returns (x, flat site)."""
+        x, site = dyn.loading_step(self.e1, self.e2, self.r1, self.r2, self.S, self.u, self.busy,
+                                   self.ytab, self._s0, self._sinv, self._u0, self._uinv,
+                                   self._yc, self._use_yc, self.mode)
+        if site < 0:
+            raise RuntimeError("no site can be loaded (all busy)")
+        self.e2 += x
+        self.gamma += 2.0 * x
+        return x, site
+
+    def avalanche(self):
+        """Load to the next instability and run the avalanche; returns its table row index."""
+        _, site = self.load()
+        return self.run_avalanche(site)
+
+    def run_avalanche(self, site):
+        """Run frames from the trigger of ``site`` (flat index) until no site
+        is over threshold, no release is pending and the transient has
+        relaxed. Returns the avalanche's row index."""
+        L, p = self.L, self.par
+        aid = self.n_avalanches
+        first_row = self.rearrangements.n
+        frame0 = self.frame
+        stress0 = self.stress()
+        before = ({f: getattr(self, f).copy() for f in ("S", "e1", "e2", "k")}
+                  if self.snapshots else None)
+        triggers = np.array([site], dtype=np.int64)
+        active = np.zeros(0, dtype=np.int64)
+        self._smean = None  # lattice mean S, recomputed (S may have been set from outside)
+        while True:
+            if self.frame - frame0 >= self.max_frames:
+                raise AvalancheTooLong(f"avalanche {aid} ran past {self.max_frames} frames")
+            if triggers.size:
+                self._start(triggers, aid)
+                active = np.union1d(active, triggers)
+            elif self.opt.volumetric:
+                self._slot_used[self.frame % self.M] = False
+            nd, no = self._frame(active)
+            self.frame += 1
+            if nd:
+                done = self._done[:nd].copy()
+                self._complete(done)
+                active = np.setdiff1d(active, done, assume_unique=True)
+            triggers = self._over[:no].copy()
+            if no == 0 and active.size == 0:
+                if self._transient_live:
+                    no = self._relax_transient()
+                    triggers = self._over[:no].copy()
+                if no == 0:
+                    break
+        rows = slice(first_row, self.rearrangements.n)
+        sx, sy = self.rearrangements["site_x"][rows], self.rearrangements["site_y"][rows]
+        flat = np.unique(sx.astype(np.int64) * L + sy)
+        s_mean, s_std = dyn.field_stats(self.S)
+        row = self.avalanches.append(
+            id=aid, frame=frame0, duration=self.frame - frame0, size=rows.stop - rows.start,
+            n_sites=flat.size, extent=periodic_extent(flat // L, flat % L, L), gamma=self.gamma,
+            stress_before=stress0, stress_after=self.stress(), S_mean=s_mean, S_std=s_std,
+            first=first_row)
+        self.n_avalanches += 1
+        if before is not None and (self.snapshot is None or rows.stop - rows.start > self.snapshot["size"]):
+            self.snapshot = {"avalanche": aid, "size": rows.stop - rows.start, "first": first_row,
+                             **{f"{f}_before": v for f, v in before.items()},
+                             **{f"{f}_after": getattr(self, f).copy() for f in before}}
+        return row
+
+    def _start(self, sites, aid):
+        """Rearrangements starting this frame: plastic strain relaxing the
+        fraction phi of the site's own elastic (e1, e2) through the
+        (unrescaled) self term, released in n_frames equal parts."""
+        L, p = self.L, self.par
+        ix, iy = sites // L, sites % L
+        e1, e2 = self.e1[ix, iy], self.e2[ix, iy]
+        p1 = -p.phi * e1 / self.self1
+        p2 = -p.phi * e2 / self.self2
+        self.dp1[ix, iy] = p1 / p.n_frames
+        self.dp2[ix, iy] = p2 / p.n_frames
+        self.busy[ix, iy] = p.n_frames
+        eps_y = dyn.yield_strains(self.u[ix, iy], self.S[ix, iy], self.ytab, self._s0, self._sinv,
+                                  self._u0, self._uinv)
+        first = self.rearrangements.append(
+            site_x=ix, site_y=iy, avalanche=aid, frame=self.frame, frame_end=-1, gamma=self.gamma,
+            k=self.k[ix, iy], e1=e1, e2=e2, d1=e1 - self.r1[ix, iy], d2=e2 - self.r2[ix, iy],
+            eps_y=eps_y, p1=p1, p2=p2, S_before=self.S[ix, iy], S_after=np.nan,
+            r1=np.nan, r2=np.nan)
+        self.row_of_site[ix, iy] = first + np.arange(sites.size)
+        if self.opt.volumetric:
+            slot = self.frame % self.M
+            dyn.source_spectrum(sites, p.comp_amp, self._ex, self._ey, self._ring[slot])
+            self._slot_used[slot] = True
+            self._transient_live = True
+
+    def _complete(self, sites):
+        """Releases completed this frame: new yield quantile u, table entries."""
+        L = self.L
+        ix, iy = sites // L, sites % L
+        self.u[ix, iy] = self.rng.random(sites.size)
+        if self._use_yc:
+            self._yc[ix, iy] = dyn.yield_strains(self.u[ix, iy], self.S[ix, iy], self.ytab, self._s0,
+                                                 self._sinv, self._u0, self._uinv)
+        rows = self.row_of_site[ix, iy]
+        t = self.rearrangements
+        t.col("S_after")[rows] = self.S[ix, iy]
+        t.col("frame_end")[rows] = self.frame
+        t.col("r1")[rows] = self.r1[ix, iy]
+        t.col("r2")[rows] = self.r2[ix, iy]
+        self.row_of_site[ix, iy] = -1
+
+    def _frame(self, active):
+        """One frame with the busy sites ``active`` (sorted flat indices):
+        increments by real-space adds (few sources) or transforms (many),
+        then the per-site update (dynamics.frame_pass). Advances nothing but
+        the fields; returns (number done, number over) with the lists in
+        self._done, self._over."""
+        L, p = self.L, self.par
+        ix, iy = active // L, active % L
+        dp1, dp2 = self.dp1[ix, iy], self.dp2[ix, iy]
+        use_dkt = False
+        if self.opt.volumetric and self._transient_live:
+            f = self.frame
+            slots = (f - np.arange(self.M)) % self.M
+            age_slot = np.where(self._slot_used[slots], slots, -1)
+            dyn.transient_step(self._Kt, self.decay, self.J, self._ring, age_slot, self._dkt)
+            use_dkt = True
+        soft = self.opt.softness
+        if self._smean is None:
+            self._smean = dyn.field_stats(self.S)[0] if soft else 0.0
+        use_rs = active.size <= self.realspace_max_sources
+        if use_rs:
+            dkt_real = self.K.irfft2(self._dkt) if use_dkt else self._inc[0]
+        else:
+            dkt_real = self._inc[0]
+            dyn.scatter_sources(active, dp1, dp2, self._pf[0], self._pf[1], self._pf[2])
+            P1, P2, NN = (self.K.rfft2(self._pf[c]) for c in range(3))
+            dyn.spectral_products(P1, P2, NN, self.prop, self.C0h, self.C1h, self._dkt, use_dkt,
+                                  soft, self._spec)
+            for c in range(5 if soft else 3):
+                self._inc[c] = self.K.irfft2(self._spec[c])
+            if not soft:
+                self._inc[3:] = 0.0
+        nd, no, ssum = dyn.frame_pass(
+            self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.busy, self.dp1, self.dp2,
+            use_rs, active, dp1, dp2, self.G8, self._inc, use_dkt, dkt_real,
+            self._smean, p.b, p.self_frame, soft, self.ytab, self._s0, self._sinv, self._u0,
+            self._uinv, self._yc, self._use_yc, self.mode, self._done, self._over)
+        self._smean = ssum / (L * L) if soft else 0.0
+        return nd, no
+
+    def _relax_transient(self):
+        """Quasistatic relaxation of the pending compression transient at the
+        end of an avalanche: k loses the transient field, S changes by b dk.
+        Returns the number of sites then over threshold (in self._over)."""
+        kt = self.K.irfft2(self._Kt)
+        no = dyn.relax_and_check(self.k, self.S, kt, self.par.b, self.opt.softness, self.e1, self.e2,
+                                 self.r1, self.r2, self.u, self.busy, self.ytab, self._s0, self._sinv,
+                                 self._u0, self._uinv, self._yc, self._use_yc, self.mode, self._over)
+        self._Kt[:] = 0.0
+        self._slot_used[:] = False
+        self._transient_live = False
+        self._smean = None
+        return no

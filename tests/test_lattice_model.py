@@ -1,0 +1,367 @@
+"""Physics of the STEP lattice model (lattice/model.py; docs/model.md, "Model").
+
+References are built here from the model's equations, independently of the
+code under test: thresholds by scipy's bilinear interpolation of the
+calibrated quantile table, elastic increments by EshelbyKernels.response
+and compression_hat (tested in test_lattice_kernels.py), site averages by
+adaptive quadrature (scipy dblquad).
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.integrate import dblquad
+from scipy.interpolate import RegularGridInterpolator
+
+from step_epm.lattice.analysis import fit_power_law, stress_plateau
+from step_epm.lattice.calibration import (PLACEHOLDER, load_calibration, parse_calibration,
+                                          placeholder_calibration)
+from step_epm.lattice.kernels import EshelbyKernels
+from step_epm.lattice.model import (ModelOptions, STEPModel, marginal_yield_table, periodic_extent,
+                                    radial_profile, site_average_kernel)
+
+
+@pytest.fixture(scope="module")
+def cal():
+    return load_calibration()
+
+
+def ref_yield(cal, u, S):
+    """eps_y = F^-1(u | S): bilinear in (S, u) of the quantile table, clamped."""
+    y = cal.curves["yield_strain"]
+    f = RegularGridInterpolator((y["s"], y["u"]), y["value"], method="linear")
+    pts = np.stack([np.clip(S, y["s"][0], y["s"][-1]), np.clip(u, y["u"][0], y["u"][-1])], axis=-1)
+    return f(pts.reshape(-1, 2)).reshape(np.shape(u))
+
+
+def trigger_measure(m, trigger):
+    d1, d2 = m.e1 - m.r1, m.e2 - m.r2
+    return 2 * np.hypot(d1, d2) if trigger == "eps_dev" else 2 * np.abs(d2)
+
+
+# -- loading -------------------------------------------------------------------
+
+@pytest.mark.parametrize("trigger,softness", [("eps_dev", True), ("e2", True), ("e2", False)])
+def test_loading_step_brings_exactly_one_site_to_threshold(cal, trigger, softness):
+    """After some avalanches (residuals and S non-uniform) every site is below
+    threshold; the exact loading step raises e2 uniformly by x (gamma by 2x)
+    so that the returned site sits on its threshold to round-off and every
+    other site stays strictly below. (Softness off: thresholds from the
+    marginal quantile table, checked in test_marginal_yield_table.)"""
+    m = STEPModel(24, cal, ModelOptions(trigger=trigger, softness=softness), seed=3)
+    for _ in range(40):
+        m.avalanche()
+    if softness:
+        ey = ref_yield(cal, m.u, m.S)
+    else:
+        ey = np.interp(m.u, m.u_grid, m.ytab[0])
+    assert np.all(trigger_measure(m, trigger) < ey)
+    e1, e2, g = m.e1.copy(), m.e2.copy(), m.gamma
+    x, site = m.load()
+    assert x > 0
+    np.testing.assert_array_equal(m.e1, e1)
+    np.testing.assert_allclose(m.e2 - e2, x, rtol=0, atol=1e-15)
+    assert m.gamma == pytest.approx(g + 2 * x, rel=1e-15)
+    eps = trigger_measure(m, trigger).ravel()
+    ey = ey.ravel()
+    assert abs(eps[site] - ey[site]) < 1e-12 * ey[site]
+    others = np.delete(np.arange(eps.size), site)
+    assert np.all(eps[others] < ey[others])
+
+
+def test_yield_lookup_is_bilinear_and_clamped(cal):
+    """F^-1(u | S) at grid points, inside cells and beyond both ends of both
+    grids equals scipy's bilinear interpolation of the clamped point."""
+    from step_epm.lattice import dynamics as dyn
+    y = cal.curves["yield_strain"]
+    m = STEPModel(8, cal, ModelOptions(), seed=0)
+    rng = np.random.default_rng(1)
+    u = np.concatenate([rng.random(500), y["u"], [0.0, 1e-9, 0.999999, y["u"][-1] + 1e-12]])
+    S = np.concatenate([rng.normal(-0.5, 1.5, 500), np.resize(y["s"], y["u"].size),
+                        [-5.0, 5.0, y["s"][-1], y["s"][0]]])
+    got = dyn.yield_strains(u, S, m.ytab, m._s0, m._sinv, m._u0, m._uinv)
+    np.testing.assert_allclose(got, ref_yield(cal, u, S), rtol=1e-14)
+
+
+# -- a single rearrangement ------------------------------------------------------
+
+def single_event_calibration(C0=0.02, C1=-0.05, b=3.0, self_change=-0.4, frames=2):
+    """Placeholder calibration with constant c0, c1 (so their site averages are
+    exactly C0, C1), two frames per rearrangement and a yield table of
+    eps_y = 0.01 at u = 0 rising to 10 at u = 1 for every S."""
+    d = placeholder_calibration().to_json()
+    for name, C in (("c0", C0), ("c1", C1)):
+        c = d["curves"][name]
+        c["value"] = [C] * len(c["r"])
+        c["fit"]["amplitude"]["value"] = abs(C)
+        c["fit"]["exponent"]["value"] = 0.0
+        c["fit"]["sign"] = 1 if C >= 0 else -1
+    d["scalars"]["softness_b"]["value"] = b
+    d["scalars"]["self_change"]["value"] = self_change
+    d["scalars"]["frames_per_rearrangement"]["value"] = float(frames)
+    d["curves"]["yield_strain"] = {"s": [-1.0, 1.0], "u": [0.0, 1.0],
+                                   "value": [[0.01, 10.0], [0.01, 10.0]],
+                                   "error": [[0.0, 0.0], [0.0, 0.0]], "n": [0, 0]}
+    return parse_calibration(json.loads(json.dumps(d)), "single-event test")
+
+
+@pytest.mark.parametrize("volumetric", [True, False])
+def test_single_rearrangement_on_uniform_S_follows_update_law(volumetric):
+    """One site rearranges on a uniform S field (two frames). Each frame every
+    site changes by c0 + c1 (S - <S>) + b dk, the rearranging site by its
+    self change per frame plus c0, c1 times the share (n - 1)/n of the other
+    particles of its site; dk is the static k of the released plastic strain
+    plus the transient compression, whose remainder relaxes (b dk again) when
+    the avalanche ends. The strains change by the kernel responses, and the
+    site's own elastic strain by exactly -phi times itself."""
+    C0, C1, b, sc = 0.02, -0.05, 3.0, -0.4
+    cal = single_event_calibration(C0, C1, b, sc, frames=2)
+    L, s0 = 32, -0.3
+    m = STEPModel(L, cal, ModelOptions(volumetric=volumetric), seed=0)
+    m.S[:] = s0
+    m.u[:] = 0.5
+    i = (5, 9)
+    m.u[i] = 0.0
+    x, site = m.load()
+    assert site == i[0] * L + i[1] and x == pytest.approx(0.005, rel=1e-14)
+    e1b, e2b, kb = m.e1.copy(), m.e2.copy(), m.k.copy()
+    m.run_avalanche(site)
+
+    p = m.par
+    K = EshelbyKernels(L, cal["lambda_relaxed"], cal["mu_relaxed"])
+    st = K.self_term()
+    P1, P2 = np.zeros((L, L)), np.zeros((L, L))
+    P1[i] = -p.phi * e1b[i] / st[1, 0]
+    P2[i] = -p.phi * e2b[i] / st[2, 1]
+    half = K.response(P1 / 2, P2 / 2)  # per frame
+    n = cal["number_density"] * cal["site_size"] ** 2
+    D = (cal["lambda_relaxed"] + 2 * cal["mu_relaxed"]) / cal["number_density"] \
+        * cal["time_per_frame"] / cal["site_size"] ** 2
+
+    def kt(t):
+        if not volumetric:
+            return np.zeros((L, L))
+        f = K.irfft2(K.compression_hat(t, cal["compression_amplitude"] / cal["site_size"] ** 2,
+                                       cal["compression_t_centre"] / cal["time_per_frame"],
+                                       cal["compression_width"] / cal["time_per_frame"], D))
+        return np.roll(f, i, axis=(0, 1))
+
+    c0 = np.full((L, L), C0)
+    c1 = np.full((L, L), C1)
+    c0[i] *= (n - 1) / n
+    c1[i] *= (n - 1) / n
+    S = np.full((L, L), s0)
+    dks = [half[0] + kt(1), half[0] + kt(2) - kt(1)]
+    for dk in dks:
+        S = S + c0 + c1 * (S - S.mean()) + b * dk
+        S[i] += sc / (2 * n)
+    S_release_end = S[i]
+    S = S - b * kt(2)
+    np.testing.assert_allclose(m.S, S, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(m.e1, e1b + 2 * half[1], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(m.e2, e2b + 2 * half[2], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(m.k, kb + 2 * half[0], rtol=0, atol=1e-15)
+    assert m.e2[i] == pytest.approx((1 - p.phi) * e2b[i], rel=1e-12)
+    # the records
+    r, a = m.rearrangements, m.avalanches
+    assert len(r) == 1 and len(a) == 1
+    assert (r["site_x"][0], r["site_y"][0]) == i and r["frame_end"][0] - r["frame"][0] == 2
+    assert r["S_before"][0] == s0 and r["S_after"][0] == pytest.approx(S_release_end, abs=1e-13)
+    assert r["p2"][0] == pytest.approx(P2[i], rel=1e-14)
+    assert a["size"][0] == 1 and a["duration"][0] == 2 and a["n_sites"][0] == 1
+
+
+def test_softness_off_freezes_S():
+    cal = single_event_calibration()
+    m = STEPModel(16, cal, ModelOptions(softness=False), seed=0)
+    S0 = m.S.copy()
+    for _ in range(5):
+        m.avalanche()
+    np.testing.assert_array_equal(m.S, S0)
+
+
+# -- records and conservation laws ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ran(cal):
+    m = STEPModel(24, cal, ModelOptions(), seed=7)
+    while m.gamma < 0.4:
+        m.avalanche()
+    return m
+
+
+def test_stress_drop_is_plastic_strain_over_area(ran):
+    """Strain control (q = 0): the mean elastic e2 drops by the plastic e2 x
+    area over L^2, and k has no uniform part, so each avalanche's stress drop
+    is 2 mu sum(p2) / L^2 (the transient carries no e2)."""
+    m = ran
+    r, a = m.rearrangements, m.avalanches
+    psum = np.bincount(r["avalanche"], weights=r["p2"], minlength=len(a))
+    drop = a["stress_after"] - a["stress_before"]
+    np.testing.assert_allclose(drop, -2 * m.par.mu * psum / m.L**2, rtol=1e-9, atol=1e-15)
+    assert abs(m.k.mean()) < 1e-15
+
+
+def test_records_are_consistent(ran):
+    m = ran
+    r, a = m.rearrangements, m.avalanches
+    assert a["size"].sum() == len(r)
+    np.testing.assert_array_equal(np.bincount(r["avalanche"], minlength=len(a)), a["size"])
+    assert np.all(r["frame_end"] - r["frame"] == m.par.n_frames)
+    assert np.all(np.isfinite(r["S_after"])) and np.all(a["duration"] >= m.par.n_frames)
+    # the trigger measure of every rearrangement reached its threshold, except
+    # (only in frame 0) the loaded site, which sits on it to round-off
+    eps = 2 * np.hypot(r["d1"], r["d2"])
+    assert np.all(eps >= r["eps_y"] * (1 - 1e-12))
+    assert np.all(np.diff(a["gamma"]) >= 0) and np.all(np.diff(r["frame"]) >= 0)
+    assert np.all((a["n_sites"] <= a["size"]) & (a["n_sites"] >= 1))
+
+
+def test_stress_strain_reaches_plateau(cal):
+    """Before the first avalanche the response is elastic, stress = mu gamma
+    (sigma_xy = 2 mu e2, e2 = gamma / 2). Later the stress saturates: over
+    the second half of gamma <= 1.2 the tangent modulus (least-squares slope
+    of the stress after each avalanche) is below 5 % of mu, in each of three
+    seeds, and the plateau stress is well above zero."""
+    for seed in range(3):
+        m = STEPModel(16, cal, ModelOptions(), seed=seed)
+        while m.gamma < 1.2:
+            m.avalanche()
+        a = m.avalanches
+        mu = m.par.mu
+        assert a["stress_before"][0] == pytest.approx(mu * a["gamma"][0], rel=1e-12)
+        late = a["gamma"] >= 0.6
+        slope = np.polyfit(a["gamma"][late], a["stress_after"][late], 1)[0]
+        assert abs(slope) < 0.05 * mu, (seed, slope / mu)
+        pl = stress_plateau(a["gamma"], a["stress_after"], 0.6)
+        assert pl["mean"] > 10 * pl["error"] and pl["mean"] > 0.02 * mu
+
+
+# -- determinism and the two frame paths --------------------------------------------
+
+def tables_and_state(m):
+    return (m.rearrangements.as_dict(), m.avalanches.as_dict(),
+            {f: getattr(m, f) for f in m.STATE_FIELDS}, m.rng.bit_generator.state)
+
+
+def assert_same_run(x, y):
+    for dx, dy in zip(x[:3], y[:3]):
+        assert dx.keys() == dy.keys()
+        for k in dx:
+            np.testing.assert_array_equal(dx[k], dy[k], err_msg=k)
+    assert x[3] == y[3]
+
+
+def test_fixed_seed_is_deterministic(cal):
+    runs = []
+    for seed in (11, 11, 12):
+        m = STEPModel(24, cal, ModelOptions(), seed=seed, realspace_max_sources=2)
+        for _ in range(80):
+            m.avalanche()
+        runs.append(tables_and_state(m))
+    assert_same_run(runs[0], runs[1])
+    assert not np.array_equal(runs[0][2]["S"], runs[2][2]["S"])
+
+
+def test_realspace_and_transform_paths_agree(cal):
+    """Real-space kernel adds and whole-field transforms give the same frame
+    (strains, S through the c0, c1 and b dk terms, transient with two source
+    ages) to round-off."""
+    L = 32
+    rng = np.random.default_rng(5)
+    e1, e2 = rng.normal(0, 0.02, (2, L, L))
+    sites = np.sort(rng.choice(L * L, 6, replace=False)).astype(np.int64)
+    fields = []
+    for nmax in (100, 0):
+        m = STEPModel(L, cal, ModelOptions(), seed=0, realspace_max_sources=nmax)
+        m.e1[:], m.e2[:] = e1, e2
+        m._start(sites, 0)
+        m._frame(sites)
+        m.frame += 1
+        m._start(sites[:2], 0)
+        m._frame(sites)
+        fields.append({f: getattr(m, f).copy() for f in ("e1", "e2", "k", "S")})
+    for f in fields[0]:
+        a, b = fields[0][f], fields[1][f]
+        scale = np.abs(a - fields[0][f].mean()).max()
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * max(scale, np.abs(a).max()), err_msg=f)
+    dk = fields[0]["k"]
+    assert np.abs(dk).max() > 0
+
+
+# -- pieces ------------------------------------------------------------------------
+
+def test_site_average_kernel_matches_quadrature():
+    """Site averages of a smooth radial function against adaptive quadrature
+    over the square site at the minimum-image offset; the self site is scaled
+    by (n - 1)/n."""
+    L, a, n = 16, 3.0, 7.0
+    c = lambda r: np.exp(-np.asarray(r) / 4.0) * (1 + 0.1 * np.asarray(r))
+    K = site_average_kernel(c, L, a, n)
+    f = lambda y, x: float(c(a * math.hypot(x, y)))
+    for dx, dy in [(0, 0), (1, 0), (0, 2), (3, 1), (15, 1), (8, 8), (12, 5)]:
+        mx, my = min(dx, L - dx), min(dy, L - dy)
+        ref = dblquad(f, mx - 0.5, mx + 0.5, my - 0.5, my + 0.5, epsabs=0, epsrel=1e-12)[0]
+        rel = 1e-9
+        if (dx, dy) == (0, 0):
+            ref *= (n - 1) / n
+            rel = 1e-7  # c(|r|) has a conical point at r = 0, inside this site
+        assert K[dx, dy] == pytest.approx(ref, rel=rel), (dx, dy)
+    np.testing.assert_allclose(K, K.T, rtol=1e-14)
+
+
+def test_radial_profile_interpolates_and_extrapolates(cal):
+    c = radial_profile(cal.curves["c0"])
+    r, v = cal.curves["c0"]["r"], cal.curves["c0"]["value"]
+    fit = cal.curves["c0"]["fit"]
+    np.testing.assert_allclose(c(r), v, rtol=1e-15)
+    assert c(np.array([0.1]))[0] == v[0]
+    mid = 0.5 * (r[3] + r[4])
+    assert c(np.array([mid]))[0] == pytest.approx(0.5 * (v[3] + v[4]), rel=1e-14)
+    far = np.array([20.0, 50.0])
+    np.testing.assert_allclose(c(far), fit["sign"] * fit["amplitude"].value * far ** -fit["exponent"].value)
+
+
+def test_marginal_yield_table(cal):
+    """Classic mode's fixed threshold distribution is the calibrated one
+    averaged over P(S): at its quantile eps(u), sum_b P_b F(eps | S_b) = u,
+    within the resolution of the eps grid (range / 20000)."""
+    y, ps = cal.curves["yield_strain"], cal.curves["p_s"]
+    ug, tab = marginal_yield_table(y, ps)
+    assert tab.shape == (1, ug.size) and np.all(np.diff(tab[0]) >= 0)
+    pb = ps["density"] * np.diff(ps["edges"])
+    sb = 0.5 * (ps["edges"][1:] + ps["edges"][:-1])
+    res = (y["value"].max() - y["value"].min()) / 20000
+    for j in (10, 100, 256, 400, 500):
+        eps = tab[0, j]
+        F = sum(p * np.interp(eps, ref_yield(cal, y["u"], np.full(y["u"].size, s)), y["u"])
+                for p, s in zip(pb, sb))
+        dF = max(abs(F - np.interp(eps + res, tab[0], ug)), 1e-3)
+        assert abs(F - ug[j]) < dF, j
+
+
+def test_periodic_extent_is_translation_invariant():
+    L = 32
+    x, y = np.array([0, 1, 2, 1]), np.array([0, 0, 1, 3])
+    base = periodic_extent(x + 10, y + 10, L)
+    assert periodic_extent((x - 1) % L, (y - 2) % L, L) == pytest.approx(base, rel=1e-12)
+    dx, dy = x - x.mean(), y - y.mean()
+    assert base == pytest.approx(math.sqrt((dx**2 + dy**2).mean()), rel=1e-12)
+
+
+def test_power_law_fit_recovers_exponent():
+    """Discrete power law on [1, 2000] with tau = 1.3, 20000 samples (inverse
+    CDF): the fit is within 3 of its standard errors of 1.3."""
+    rng = np.random.default_rng(0)
+    s = np.arange(1, 2001)
+    p = s ** -1.3
+    cdf = np.cumsum(p) / p.sum()
+    sizes = s[np.searchsorted(cdf, rng.random(20000))]
+    fit = fit_power_law(sizes, 1, 2000)
+    assert abs(fit["tau"] - 1.3) < 3 * fit["error"] and fit["error"] < 0.02
+    assert math.isnan(fit_power_law([1, 1, 2])["tau"])
+
+
+def test_placeholder_flag_is_stated(cal):
+    assert not cal.calibrated and all(q.flag == PLACEHOLDER for q in cal.scalars.values())
