@@ -20,8 +20,9 @@ Conventions (SPEC.md section 0):
   positive shear stress under positive shear; pressure p = -tr(sigma)/2.
 
 Every reduction over particles is either a per-particle loop (parallel,
-each particle summing its own neighbours in list order) or a serial loop,
-so results are bit-for-bit independent of the thread count.
+each particle summing its own neighbours in list order) or a serial loop
+(the force kernel, which visits each pair once), so results are bit-for-bit
+independent of the thread count.
 """
 
 import math
@@ -208,15 +209,21 @@ def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
 # Hertzian energy, forces, stress
 # --------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart):
     """Forces (N, 2) and per-particle energies (N,) (half of each pair), in place.
 
-    Returns the total energy (serial sum of epart, thread-count independent).
+    Each pair is evaluated once (from its lower index) and its force added
+    to both particles, so forces are exactly antisymmetric pair by pair.
+    Serial: on one core this is about twice as fast as a parallel loop
+    over the full list, and the sums are in a fixed order. Returns the
+    total energy.
     """
     n = pos.shape[0]
     xy = tilt * Ly
-    for i in prange(n):
+    forces[:, :] = 0.0
+    epart[:] = 0.0
+    for i in range(n):
         fx = 0.0
         fy = 0.0
         e = 0.0
@@ -225,21 +232,28 @@ def hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart):
         ri = rad[i]
         for k in range(offsets[i], offsets[i + 1]):
             j = nbr[k]
+            if j < i:
+                continue
             dx = pos[j, 0] - xi + imx[k] * Lx + imy[k] * xy
             dy = pos[j, 1] - yi + imy[k] * Ly
             s = ri + rad[j]
             r2 = dx * dx + dy * dy
             if r2 < s * s:
-                r = math.sqrt(r2)
-                h = 1.0 - r / s
+                rinv = 1.0 / math.sqrt(r2)
+                inv_s = 1.0 / s
+                h = 1.0 - r2 * rinv * inv_s
                 sh = math.sqrt(h)
-                e += 0.5 * h * h * sh
-                fr = 2.5 / s * h * sh / r  # -u'(r)/r
+                u = 0.5 * h * h * sh
+                e += u
+                epart[j] += u
+                fr = 2.5 * inv_s * h * sh * rinv  # -u'(r)/r
                 fx -= fr * dx
                 fy -= fr * dy
-        forces[i, 0] = fx
-        forces[i, 1] = fy
-        epart[i] = e
+                forces[j, 0] += fr * dx
+                forces[j, 1] += fr * dy
+        forces[i, 0] += fx
+        forces[i, 1] += fy
+        epart[i] += e
     etot = 0.0
     for i in range(n):
         etot += epart[i]
