@@ -86,7 +86,7 @@ def _brute_force_pairs(state: State, skin: float) -> set:
     a1 = np.array([state.Lx, 0.0])
     a2 = np.array([state.tilt * state.Ly, state.Ly])
     pairs = set()
-    for mx, my in itertools.product(range(-6, 7), repeat=2):
+    for mx, my in itertools.product(range(-9, 10), repeat=2):
         shift = mx * a1 + my * a2
         d = state.pos[None, :, :] - state.pos[:, None, :] + shift
         r = np.sqrt(np.sum(d * d, axis=2))
