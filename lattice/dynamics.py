@@ -16,11 +16,14 @@ Conventions (the caller, ``model.py``, owns the arrays):
 - The yield strain eps_y = F^-1(u | S) is a bilinear interpolation of the
   quantile table ``ytab[nS, nU]`` on the uniform grids S = s0 + i / sinv,
   u = u0 + j / uinv, clamped at the grid ends (nS = 1: no S dependence).
-  With ``use_yc`` the kernels read eps_y from the per-site cache ``yc``
-  instead (valid when S is frozen: softness off).
+  Threshold cache: ``yref`` = eps_y(uref, sref), with ``lip`` the table's
+  largest slope d eps_y/dS; while u == uref, eps_y >= yref - lip |S - sref|
+  lets most sites skip the interpolation (the decision is unchanged; a
+  changed u forces it). The loading step refreshes the entries it
+  interpolates or finds loose.
 - Trigger modes: 0 = eps_dev = 2 sqrt(d1^2 + d2^2) >= eps_y;
   1 = e2 only, 2 |d2| >= eps_y.
-- Kernel table ``G8[dx, dy, c]`` (site offset dx, dy mod L) holds, for a
+- Kernel planes ``G[c, dx, dy]`` (site offset dx, dy mod L) hold, for a
   unit plastic source, c = 0, 1: k per source e1, e2; 2, 3: e1 per e1, e2;
   4, 5: e2 per e1, e2; 6, 7: the site-averaged softness kernels c0, c1 per
   frame of rearrangement.
@@ -65,14 +68,65 @@ def yield_strains(u, s, ytab, s0, sinv, u0, uinv):
     return out.reshape(u.shape)
 
 
+#: relative safety margin of the threshold bound (far above round-off)
+_BOUND = 1.0 - 1e-12
+
+
+@njit(cache=True, inline="always")
+def _bound(sv, uv, ur, yr, sr, lip):
+    """Lower bound of a site's eps_y(uv, sv) from its cache entry
+    yr = eps_y(ur, sr) (with a relative safety margin far above round-off);
+    -inf when the entry is for another u."""
+    if uv != ur:
+        return -np.inf
+    return yr * _BOUND - lip * abs(sv - sr)
+
+
+@njit(cache=True, inline="always")
+def _over(q1, q2, sv, uv, ur, yr, sr, lip, ytab, s0, sinv, u0, uinv, mode):
+    """Whether a site with strain (q1, q2) since its last rearrangement,
+    softness sv and quantile uv is at or over its threshold
+    eps_y = F^-1(uv | sv); the bound (``_bound``, cache entry ur, yr, sr)
+    decides most sites without the interpolation, with the same decision."""
+    yb = _bound(sv, uv, ur, yr, sr, lip)
+    if mode == 0:
+        m2 = q1 * q1 + q2 * q2
+        if yb > 0.0 and 4.0 * m2 < yb * yb:
+            return False
+        eps = 2.0 * math.sqrt(m2)
+    else:
+        eps = 2.0 * abs(q2)
+        if eps < yb:
+            return False
+    return eps >= _yield(uv, sv, ytab, s0, sinv, u0, uinv)
+
+
+@njit(cache=True, inline="always")
+def _load_x(h, d1, d2, mode):
+    """Uniform e2 increment x >= 0 that brings a site with half-threshold h
+    and strain d since its last rearrangement to threshold (increasing in h)."""
+    if mode == 0:
+        rr = h * h - d1 * d1
+        if rr <= 0.0 or d1 * d1 + d2 * d2 >= h * h:
+            return 0.0
+        return math.sqrt(rr) - d2
+    if abs(d2) >= h:
+        return 0.0
+    return h - d2
+
+
 @njit(cache=True)
-def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yc, use_yc, mode):
+def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sref, uref, lip, mode):
     """Smallest uniform e2 increment x >= 0 that brings a site to threshold.
 
     Per site with d = (e1 - r1, e2 - r2): mode 0 solves
     4 (d1^2 + (d2 + x)^2) = eps_y^2 for its positive root
     x = sqrt(eps_y^2/4 - d1^2) - d2; mode 1 solves 2 (d2 + x) = eps_y.
     A site already at or over threshold gives x = 0. Busy sites are skipped.
+    x is increasing in eps_y, so a site whose x at the cached lower bound of
+    eps_y (``_bound``) is not below the best so far is skipped without the
+    interpolation (same result). Sites interpolated, and those whose bound
+    is loose by more than 1 % of eps_y, get their cache entry refreshed.
     Returns (x, flat index of the site); ties go to the lowest index.
     """
     L1, L2 = e1.shape
@@ -81,21 +135,16 @@ def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yc, use_y
         for iy in range(L2):
             if busy[ix, iy] > 0:
                 continue
-            ey = yc[ix, iy] if use_yc else _yield(u[ix, iy], s[ix, iy], ytab, s0, sinv, u0, uinv)
-            h = 0.5 * ey
+            sv = s[ix, iy]
             d1 = e1[ix, iy] - r1[ix, iy]
             d2 = e2[ix, iy] - r2[ix, iy]
-            if mode == 0:
-                rr = h * h - d1 * d1
-                if rr <= 0.0 or d1 * d1 + d2 * d2 >= h * h:
-                    x = 0.0
-                else:
-                    x = math.sqrt(rr) - d2
-            else:
-                if abs(d2) >= h:
-                    x = 0.0
-                else:
-                    x = h - d2
+            uv, yr = u[ix, iy], yref[ix, iy]
+            yb = _bound(sv, uv, uref[ix, iy], yr, sref[ix, iy], lip)
+            if yb > 0.0 and yb > 0.99 * yr and _load_x(0.5 * yb, d1, d2, mode) >= best:
+                continue
+            ey = _yield(uv, sv, ytab, s0, sinv, u0, uinv)
+            yref[ix, iy], sref[ix, iy], uref[ix, iy] = ey, sv, uv
+            x = _load_x(0.5 * ey, d1, d2, mode)
             if x < best:
                 best, arg = x, ix * L2 + iy
     return best, arg
@@ -103,7 +152,7 @@ def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yc, use_y
 
 @njit(cache=True)
 def relax_and_check(k, s, kt, b, soft_on, e1, e2, r1, r2, u, busy, ytab, s0, sinv, u0, uinv,
-                    yc, use_yc, mode, out):
+                    yref, sref, uref, lip, mode, out):
     """End of an avalanche: the pending transient kt relaxes (k -= kt and,
     if soft_on, S -= b kt), then the flat indices of the non-busy sites at
     or over threshold go to ``out`` (increasing); returns their count."""
@@ -119,14 +168,8 @@ def relax_and_check(k, s, kt, b, soft_on, e1, e2, r1, r2, u, busy, ytab, s0, sin
                 s[ix, iy] = sv
             if busy[ix, iy] > 0:
                 continue
-            ey = yc[ix, iy] if use_yc else _yield(u[ix, iy], sv, ytab, s0, sinv, u0, uinv)
-            d1 = e1[ix, iy] - r1[ix, iy]
-            d2 = e2[ix, iy] - r2[ix, iy]
-            if mode == 0:
-                eps = 2.0 * math.sqrt(d1 * d1 + d2 * d2)
-            else:
-                eps = 2.0 * abs(d2)
-            if eps >= ey:
+            if _over(e1[ix, iy] - r1[ix, iy], e2[ix, iy] - r2[ix, iy], sv, u[ix, iy], uref[ix, iy],
+                     yref[ix, iy], sref[ix, iy], lip, ytab, s0, sinv, u0, uinv, mode):
                 out[n] = ix * L2 + iy
                 n += 1
     return n
@@ -186,6 +229,25 @@ def source_spectrum(src, amp, ex, ey, out):
 
 
 @njit(cache=True)
+def shifted_sum(planes, idx, src, w, out):
+    """out[r] = w * sum_j planes[idx[j], r - r_j] (periodic offsets; src flat
+    site indices, planes (n, L, L)); overwrites out (L, L). Sources in
+    order, rows contiguous."""
+    L1, L2 = out.shape
+    out[:] = 0.0
+    for j in range(src.size):
+        sx, sy, p = src[j] // L2, src[j] % L2, idx[j]
+        for ix in range(L1):
+            dx = ix - sx
+            if dx < 0:
+                dx += L1
+            for iy in range(sy, L2):
+                out[ix, iy] += w * planes[p, dx, iy - sy]
+            for iy in range(sy):
+                out[ix, iy] += w * planes[p, dx, iy - sy + L2]
+
+
+@njit(cache=True)
 def transient_step(Kt, decay, J, ring, age_slot, dkt):
     """One frame of the transient compression field (Fourier space):
     Kt <- decay Kt + sum over source ages m of J[m] ring[age_slot[m]]
@@ -221,59 +283,69 @@ def field_stats(f):
     return m, math.sqrt(v / a.size)
 
 
+@njit(cache=True, inline="always")
+def _add_segment(row, G, dx, iy0, iy1, off, a, bb, nc):
+    """row[c, iy] += kernel increments of one source for iy0 <= iy < iy1,
+    kernel column dy = iy - off (G planes as in frame_pass)."""
+    for iy in range(iy0, iy1):
+        dy = iy - off
+        row[0, iy] += G[0, dx, dy] * a + G[1, dx, dy] * bb
+        row[1, iy] += G[2, dx, dy] * a + G[3, dx, dy] * bb
+        row[2, iy] += G[4, dx, dy] * a + G[5, dx, dy] * bb
+    if nc > 6:
+        for iy in range(iy0, iy1):
+            dy = iy - off
+            row[3, iy] += G[6, dx, dy]
+            row[4, iy] += G[7, dx, dy]
+
+
 @njit(cache=True)
 def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
-               use_rs, src, sdp1, sdp2, G8, inc, use_dkt, dkt,
-               smean, b, self_frame, soft_on, ytab, s0, sinv, u0, uinv, yc, use_yc, mode,
+               use_rs, src, sdp1, sdp2, G, inc, use_dkt, dkt,
+               smean, b, self_frame, soft_on, ytab, s0, sinv, u0, uinv, yref, sref, uref, lip, mode,
                done, over):
     """Add one frame's increments to every site and find what happens next.
 
     Increments (dk, de1, de2, C0, C1) of a site are either summed here from
-    the real-space kernel table over the sources (use_rs: flat indices src,
-    plastic increments sdp1, sdp2; G8 as in the module docstring) plus the
-    transient dkt[ix, iy] (use_dkt), or read from inc[0..4] (the transform
-    path, transient included).
+    the real-space kernel planes over the sources (use_rs: flat indices src,
+    plastic increments sdp1, sdp2; ``G[c, dx, dy]``, c as the module
+    docstring's table, planes 6, 7 only read if G has them and soft_on),
+    one lattice row at a time into a row buffer (contiguous, vectorised
+    adds), plus the transient dkt[ix, iy] (use_dkt), or read from inc[0..4]
+    (the transform path, transient included).
 
     Every site: k, e1, e2 += (dk, de1, de2); if soft_on,
     S += C0 + C1 (S - smean) + b dk (smean: the lattice mean S before the
     frame). A busy site also gets S += self_frame, releases one frame
     (busy -= 1) and, when its release completes, takes its elastic
     (e1, e2) as the new residual (r1, r2) and is listed in ``done``.
-    Every other non-busy site at or over threshold (with the updated S) is
-    listed in ``over``. Lists are in increasing flat index.
+    Every other non-busy site at or over threshold (with the updated S;
+    ``_over`` with the cache yref, sref, uref, lip) is listed in ``over``. Lists
+    are in increasing flat index.
     Returns (number done, number over, sum of the updated S in flat order).
     """
     L1, L2 = e1.shape
     ns = src.size
-    sx = np.empty(ns, np.int64)
-    sy = np.empty(ns, np.int64)
-    dxs = np.empty(ns, np.int64)
-    for j in range(ns):
-        sx[j] = src[j] // L2
-        sy[j] = src[j] % L2
+    nc = G.shape[0] if soft_on else 6
+    row = np.zeros((5, L2))
     nd, no = 0, 0
     ssum = 0.0
     for ix in range(L1):
         if use_rs:
+            row[:] = 0.0
             for j in range(ns):
-                d = ix - sx[j]
-                dxs[j] = d + L1 if d < 0 else d
+                sx, sy = src[j] // L2, src[j] % L2
+                dx = ix - sx
+                if dx < 0:
+                    dx += L1
+                _add_segment(row, G, dx, sy, L2, sy, sdp1[j], sdp2[j], nc)
+                _add_segment(row, G, dx, 0, sy, sy - L2, sdp1[j], sdp2[j], nc)
+            if use_dkt:
+                for iy in range(L2):
+                    row[0, iy] += dkt[ix, iy]
         for iy in range(L2):
             if use_rs:
-                dk, d1, d2, c0, c1 = 0.0, 0.0, 0.0, 0.0, 0.0
-                for j in range(ns):
-                    dy = iy - sy[j]
-                    if dy < 0:
-                        dy += L2
-                    dx = dxs[j]
-                    a, bb = sdp1[j], sdp2[j]
-                    dk += G8[dx, dy, 0] * a + G8[dx, dy, 1] * bb
-                    d1 += G8[dx, dy, 2] * a + G8[dx, dy, 3] * bb
-                    d2 += G8[dx, dy, 4] * a + G8[dx, dy, 5] * bb
-                    c0 += G8[dx, dy, 6]
-                    c1 += G8[dx, dy, 7]
-                if use_dkt:
-                    dk += dkt[ix, iy]
+                dk, d1, d2, c0, c1 = row[0, iy], row[1, iy], row[2, iy], row[3, iy], row[4, iy]
             else:
                 dk, d1, d2 = inc[0, ix, iy], inc[1, ix, iy], inc[2, ix, iy]
                 c0, c1 = inc[3, ix, iy], inc[4, ix, iy]
@@ -301,14 +373,8 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
                 continue
             s[ix, iy] = sv
             ssum += sv
-            ey = yc[ix, iy] if use_yc else _yield(u[ix, iy], sv, ytab, s0, sinv, u0, uinv)
-            q1 = x1 - r1[ix, iy]
-            q2 = x2 - r2[ix, iy]
-            if mode == 0:
-                eps = 2.0 * math.sqrt(q1 * q1 + q2 * q2)
-            else:
-                eps = 2.0 * abs(q2)
-            if eps >= ey:
+            if _over(x1 - r1[ix, iy], x2 - r2[ix, iy], sv, u[ix, iy], uref[ix, iy], yref[ix, iy],
+                     sref[ix, iy], lip, ytab, s0, sinv, u0, uinv, mode):
                 over[no] = ix * L2 + iy
                 no += 1
     return nd, no, ssum

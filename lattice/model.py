@@ -330,7 +330,9 @@ class STEPModel:
     seed : int, the numpy PCG64 seed of the initial S, the yield quantiles u.
     threads : FFTW threads (results are reproducible for a fixed count).
     realspace_max_sources : a frame with at most this many rearranging
-        sites adds real-space kernels; more use whole-field transforms.
+        sites adds real-space kernels; more use whole-field transforms. The
+        volumetric transient is added in real space too while it has at
+        most this many sources, all younger than M frames (docs/model.md).
     max_frames : frame limit of one avalanche (AvalancheTooLong beyond).
     snapshots : keep the maps of the largest avalanche (copies 4 fields
         per avalanche).
@@ -369,20 +371,20 @@ class STEPModel:
         self._u0 = float(ug[0])
         self._uinv = (ug.size - 1) / (ug[-1] - ug[0])
         self.u_grid = np.asarray(ug, dtype=float)
+        # largest slope d eps_y / dS of the table (bound of dynamics._over), with a margin
+        self._lip = float(np.abs(np.diff(self.ytab, axis=0)).max(initial=0.0) * self._sinv) * (1 + 1e-9)
 
-        # kernels: real-space table and transforms of the softness kernels
-        G = K.real_space_kernels()
-        self.G8 = np.empty((L, L, 8))
-        for c, (aa, bb) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]):
-            self.G8[:, :, c] = G[aa, bb]
+        # kernels: real-space planes G[c, dx, dy] (dynamics module docstring;
+        # c0, c1 planes only with softness) and transforms of the softness kernels
         if options.softness:
             self.c0_site = site_average_kernel(radial_profile(calibration.curves["c0"]), L, p.a, p.n_per_site)
             self.c1_site = site_average_kernel(radial_profile(calibration.curves["c1"]), L, p.a, p.n_per_site)
         else:
             self.c0_site = np.zeros((L, L))
             self.c1_site = np.zeros((L, L))
-        self.G8[:, :, 6] = self.c0_site
-        self.G8[:, :, 7] = self.c1_site
+        self.G = np.ascontiguousarray(np.concatenate(
+            [K.real_space_kernels().reshape(6, L, L)]
+            + ([self.c0_site[None], self.c1_site[None]] if options.softness else [])))
         self.C0h = np.ascontiguousarray(K.rfft2(self.c0_site).real)  # symmetric kernels: real spectra
         self.C1h = np.ascontiguousarray(K.rfft2(self.c1_site).real)
         self.prop = np.ascontiguousarray(K.prop)
@@ -397,14 +399,21 @@ class STEPModel:
             self.J[0] = hk[1]
             for m in range(1, self.M):
                 self.J[m] = hk[m + 1] - self.decay * hk[m]
+            self._hk = np.array(hk)
             self._ring = np.zeros((self.M, L, h), dtype=complex)
             self._slot_used = np.zeros(self.M, dtype=bool)
             n = np.arange(L)
             self._ex = np.exp(-1j * np.outer(n, K.qx[:, 0]))
             self._ey = np.exp(-1j * np.outer(n, K.qy[0, :]))
+            # the same transient in real space, per source of age m (whole frames
+            # since its start; unit amplitude at site 0): its change in the frame,
+            # Dt[m] = h(m + 1) - h(m) (h(0) = 0), and the field itself, Ht[m - 1] = h(m)
+            self._Dt = np.stack([K.irfft2(hk[1])] + [K.irfft2(hk[m + 1] - hk[m]) for m in range(1, self.M)])
+            self._Ht = np.stack([K.irfft2(hk[m]) for m in range(1, self.M + 1)])
         self._Kt = np.zeros((L, h), dtype=complex)
         self._dkt = np.zeros((L, h), dtype=complex)
-        self._transient_live = False
+        self._dkt_real = np.zeros((L, L))
+        self._clear_transient()
         self._smean = None
 
         # work buffers
@@ -441,10 +450,13 @@ class STEPModel:
         self.state_changed()
 
     def state_changed(self):
-        """Call after changing u or S from outside (softness off caches eps_y:
-        S is frozen, so a site's eps_y changes only when it draws a new u)."""
-        self._use_yc = not self.opt.softness
-        self._yc = self.yield_strains() if self._use_yc else np.zeros((1, 1))
+        """(Re)builds the threshold cache (eps_y at the current u and S,
+        dynamics module docstring). The cache checks itself (a changed u
+        forces the interpolation; the bound covers any S), so this is
+        optional after changing u or S from outside."""
+        self._sref = self.S.copy()
+        self._uref = self.u.copy()
+        self._yref = self.yield_strains()
 
     STATE_FIELDS = ("e1", "e2", "k", "S", "u", "r1", "r2")
 
@@ -489,7 +501,7 @@ class STEPModel:
         that brings a site to threshold; gamma += 2x. Returns (x, flat site)."""
         x, site = dyn.loading_step(self.e1, self.e2, self.r1, self.r2, self.S, self.u, self.busy,
                                    self.ytab, self._s0, self._sinv, self._u0, self._uinv,
-                                   self._yc, self._use_yc, self.mode)
+                                   self._yref, self._sref, self._uref, self._lip, self.mode)
         if site < 0:
             raise RuntimeError("no site can be loaded (all busy)")
         self.e2 += x
@@ -573,9 +585,12 @@ class STEPModel:
             r1=np.nan, r2=np.nan)
         self.row_of_site[ix, iy] = first + np.arange(sites.size)
         if self.opt.volumetric:
-            slot = self.frame % self.M
-            dyn.source_spectrum(sites, p.comp_amp, self._ex, self._ey, self._ring[slot])
-            self._slot_used[slot] = True
+            self._tsites = np.concatenate([self._tsites, sites])
+            self._tstart = np.concatenate([self._tstart, np.full(sites.size, self.frame)])
+            if self._tfourier:
+                slot = self.frame % self.M
+                dyn.source_spectrum(sites, p.comp_amp, self._ex, self._ey, self._ring[slot])
+                self._slot_used[slot] = True
             self._transient_live = True
 
     def _complete(self, sites):
@@ -583,9 +598,6 @@ class STEPModel:
         L = self.L
         ix, iy = sites // L, sites % L
         self.u[ix, iy] = self.rng.random(sites.size)
-        if self._use_yc:
-            self._yc[ix, iy] = dyn.yield_strains(self.u[ix, iy], self.S[ix, iy], self.ytab, self._s0,
-                                                 self._sinv, self._u0, self._uinv)
         rows = self.row_of_site[ix, iy]
         t = self.rearrangements
         t.col("S_after")[rows] = self.S[ix, iy]
@@ -603,21 +615,27 @@ class STEPModel:
         L, p = self.L, self.par
         ix, iy = active // L, active % L
         dp1, dp2 = self.dp1[ix, iy], self.dp2[ix, iy]
-        use_dkt = False
-        if self.opt.volumetric and self._transient_live:
+        use_rs = active.size <= self.realspace_max_sources
+        use_dkt = self.opt.volumetric and self._transient_live
+        dkt_real = self._inc[0]
+        if use_dkt:
             f = self.frame
-            slots = (f - np.arange(self.M)) % self.M
-            age_slot = np.where(self._slot_used[slots], slots, -1)
-            dyn.transient_step(self._Kt, self.decay, self.J, self._ring, age_slot, self._dkt)
-            use_dkt = True
+            if not self._tfourier and (not use_rs or self._tsites.size > self.realspace_max_sources
+                                       or f - self._tstart.min() >= self.M):
+                self._to_fourier()
+            if self._tfourier:
+                slots = (f - np.arange(self.M)) % self.M
+                age_slot = np.where(self._slot_used[slots], slots, -1)
+                dyn.transient_step(self._Kt, self.decay, self.J, self._ring, age_slot, self._dkt)
+                if use_rs:
+                    dkt_real = self.K.irfft2(self._dkt)
+            else:
+                dyn.shifted_sum(self._Dt, f - self._tstart, self._tsites, p.comp_amp, self._dkt_real)
+                dkt_real = self._dkt_real
         soft = self.opt.softness
         if self._smean is None:
             self._smean = dyn.field_stats(self.S)[0] if soft else 0.0
-        use_rs = active.size <= self.realspace_max_sources
-        if use_rs:
-            dkt_real = self.K.irfft2(self._dkt) if use_dkt else self._inc[0]
-        else:
-            dkt_real = self._inc[0]
+        if not use_rs:
             dyn.scatter_sources(active, dp1, dp2, self._pf[0], self._pf[1], self._pf[2])
             P1, P2, NN = (self.K.rfft2(self._pf[c]) for c in range(3))
             dyn.spectral_products(P1, P2, NN, self.prop, self.C0h, self.C1h, self._dkt, use_dkt,
@@ -628,9 +646,9 @@ class STEPModel:
                 self._inc[3:] = 0.0
         nd, no, ssum = dyn.frame_pass(
             self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.busy, self.dp1, self.dp2,
-            use_rs, active, dp1, dp2, self.G8, self._inc, use_dkt, dkt_real,
+            use_rs, active, dp1, dp2, self.G, self._inc, use_dkt, dkt_real,
             self._smean, p.b, p.self_frame, soft, self.ytab, self._s0, self._sinv, self._u0,
-            self._uinv, self._yc, self._use_yc, self.mode, self._done, self._over)
+            self._uinv, self._yref, self._sref, self._uref, self._lip, self.mode, self._done, self._over)
         self._smean = ssum / (L * L) if soft else 0.0
         return nd, no
 
@@ -638,12 +656,45 @@ class STEPModel:
         """Quasistatic relaxation of the pending compression transient at the
         end of an avalanche: k loses the transient field, S changes by b dk.
         Returns the number of sites then over threshold (in self._over)."""
-        kt = self.K.irfft2(self._Kt)
+        if self._tfourier:
+            kt = self.K.irfft2(self._Kt)
+        else:
+            kt = self._dkt_real
+            dyn.shifted_sum(self._Ht, self.frame - self._tstart - 1, self._tsites, self.par.comp_amp, kt)
         no = dyn.relax_and_check(self.k, self.S, kt, self.par.b, self.opt.softness, self.e1, self.e2,
                                  self.r1, self.r2, self.u, self.busy, self.ytab, self._s0, self._sinv,
-                                 self._u0, self._uinv, self._yc, self._use_yc, self.mode, self._over)
-        self._Kt[:] = 0.0
-        self._slot_used[:] = False
-        self._transient_live = False
+                                 self._u0, self._uinv, self._yref, self._sref, self._uref, self._lip,
+                                 self.mode, self._over)
+        self._clear_transient()
         self._smean = None
         return no
+
+    def _clear_transient(self):
+        """No transient pending: the sources list is empty and real space is used
+        for the next ones."""
+        self._Kt[:] = 0.0
+        if self.opt.volumetric:
+            self._slot_used[:] = False
+        self._tsites = np.zeros(0, dtype=np.int64)
+        self._tstart = np.zeros(0, dtype=np.int64)
+        self._tfourier = False
+        self._transient_live = False
+
+    def _to_fourier(self):
+        """Switch the pending transient from real-space adds (few young
+        sources) to the Fourier recursion: K_t = sum over sources of
+        A exp(-i q.r) h(age) (age = whole frames since the start, h(0) = 0),
+        and the source spectra of the ages < M in their ring slots."""
+        f, M = self.frame, self.M
+        self._Kt[:] = 0.0
+        self._slot_used[:] = False
+        spec = np.empty_like(self._Kt)
+        for start in np.unique(self._tstart):
+            age = f - start
+            out = self._ring[start % M] if age < M else spec
+            dyn.source_spectrum(self._tsites[self._tstart == start], self.par.comp_amp, self._ex, self._ey, out)
+            if age >= 1:
+                self._Kt += self._hk[age] * out
+            if age < M:
+                self._slot_used[start % M] = True
+        self._tfourier = True
