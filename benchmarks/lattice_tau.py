@@ -34,12 +34,13 @@ from step_epm.lattice.analysis import fit_power_law
 from step_epm.lattice.calibration import load_calibration
 from step_epm.lattice.model import ModelOptions, STEPModel
 
-CLASSIC = ModelOptions(trigger="e2", softness=False, volumetric=False)
+MODELS = {"classic": ModelOptions(trigger="e2", softness=False, volumetric=False),
+          "step": ModelOptions()}
 
 
-def run(L, seconds, gamma_ss, seed=0):
+def run(L, seconds, gamma_ss, seed=0, model="classic"):
     """Shear for ``seconds``; returns the steady-state sizes and run facts."""
-    m = STEPModel(L, load_calibration(), CLASSIC, seed=seed, threads=1, snapshots=False)
+    m = STEPModel(L, load_calibration(), MODELS[model], seed=seed, threads=1, snapshots=False)
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(20):
@@ -74,12 +75,14 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--seconds", type=float, default=180.0, help="wall time per L")
     ap.add_argument("--gamma-ss", type=float, default=0.0, help="analyse avalanches from this strain on")
+    ap.add_argument("--model", choices=sorted(MODELS), default="classic",
+                    help="classic EPM or the full STEP model")
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     rows = []
     for L in args.sizes:
-        sizes, info = run(L, args.seconds, args.gamma_ss)
+        sizes, info = run(L, args.seconds, args.gamma_ss, model=args.model)
         sc, sc_err = cutoff(sizes, rng) if sizes.size else (math.nan, math.nan)
         info.update(s_c=sc, s_c_error=sc_err, s_max=float(sizes.max()) if sizes.size else math.nan,
                     mean_size=float(sizes.mean()) if sizes.size else math.nan,
