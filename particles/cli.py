@@ -1,82 +1,117 @@
-"""``step-particles``: the Hydra command line of the particle engine.
+"""``step-particles``: the Hydra command line of the AQS avalanche study.
 
-    step-particles                      # small default (N = 256, phi = 0.9)
-    step-particles system.n=4000 system.seed=3
+    step-particles                                    # small preset (N = 256), a few minutes
+    step-particles particles=paper_n4000 system.seed=3
     step-particles --multirun system.seed=0,1,2 hydra/launcher=joblib
+    step-particles --multirun particles=paper_n4000 system.seed='range(20)' hydra/launcher=slurm
 
-Writes ``packing.h5`` (positions, radii, box, energy, stress, elastic
-constants; the resolved config and code version as attributes) in the run
-directory, which follows from the config.
+Jams a packing (step 0; its elastic constants are stored too), shears it
+quasistatically with avalanches followed frame by frame, and writes in the
+run directory (which follows from the config: same command, same
+directory):
+
+- ``trajectory.h5``: the trajectory (schema in docs/trajectory.md);
+- ``stress_strain.png``: stress and energy against strain, avalanches marked;
+- ``avalanche.png``: one avalanche's frames coloured by displacement;
+- Hydra's ``.hydra/`` (config, overrides) and the log.
+
+A run killed at any moment resumes from its last complete step when the
+same command is given again, and ends with the same data bit for bit.
+Every config field is type- and range-checked before work starts (see
+particles/config.py); a bad value stops with the field and the allowed
+range named.
 """
 
+import dataclasses
 import logging
-from pathlib import Path
+import sys
 
-import h5py
 import hydra
-import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from step_epm.provenance import code_version
+from step_epm.config_checks import ConfigError
 
-from .config import ParticlesConfig
-from .elastic import elastic_constants
-from .minimize import minimize
-from .potential import evaluate
-from .state import random_state
+from .config import ParticlesConfig, physics_hash
 
 log = logging.getLogger(__name__)
 ConfigStore.instance().store(name="particles_schema", node=ParticlesConfig)
+if not OmegaConf.has_resolver("step_physics_hash"):
+    OmegaConf.register_new_resolver("step_physics_hash",
+                                    lambda *, _root_: physics_hash(_root_))
 
 
-def run(cfg: ParticlesConfig, resolved_yaml: str) -> Path:
-    """Jam a packing, measure it, write packing.h5; returns the file path."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    s = cfg.system
-    log.info("jamming N=%d at phi=%g (seed %d)", s.n, s.phi, s.seed)
-    state, res = minimize(random_state(s.n, s.phi, s.seed), cfg.minimizer.ftol,
-                          newton_switch=cfg.minimizer.newton_switch,
-                          max_fire_iter=cfg.minimizer.max_fire_iter, raise_on_failure=True)
-    ev = evaluate(state)
-    log.info("minimised by %s: %d FIRE iterations, %d Newton solves, max|F| = %.2e",
-             res.method, res.iterations, res.newton_solves, res.fmax)
-    log.info("energy per particle %.6e, pressure %.6e", ev.energy / s.n, ev.pressure)
-    ec = elastic_constants(state, cfg.elastic.strain, cfg.minimizer.ftol)
-    for name, m in (("instantaneous", ec.instantaneous), ("relaxed", ec.relaxed)):
-        log.info("%s: lambda+2mu = %.5f, lambda = %.5f, mu = %.5f, nu = %.4f",
-                 name, m.lam_2mu, m.lam, m.mu, m.nu)
-    path = out / "packing.h5"
-    tmp = path.with_suffix(".h5.tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["schema"] = "step-packing"
-        f.attrs["schema_version"] = 1
-        f.attrs["code_version"] = code_version()
-        f.attrs["config"] = resolved_yaml
-        f["position"] = state.wrapped_positions()
-        f["radius"] = state.radii
-        f["box"] = np.array([state.Lx, state.Ly, state.tilt])
-        f["box"].attrs["columns"] = "Lx, Ly, tilt (xy offset / Ly)"
-        f.attrs["energy"] = ev.energy
-        f.attrs["pressure"] = ev.pressure
-        f.attrs["max_force"] = res.fmax
-        f["stress"] = ev.stress
-        for name, m in (("instantaneous", ec.instantaneous), ("relaxed", ec.relaxed)):
-            g = f.create_group(f"elastic/{name}")
-            for key in ("c11", "c22", "c12", "mu", "lam_2mu", "lam", "nu"):
-                g.attrs[key] = float(getattr(m, key))
-    tmp.replace(path)  # never leave a half-written file under the final name
-    log.info("wrote %s", path)
-    return path
+def _unknown_keys(node, schema, prefix="") -> list[str]:
+    """Keys of ``node`` (a DictConfig) that ``schema`` (a dataclass) lacks,
+    recursively (a '+key=value' override can add one)."""
+    known = {f.name: f for f in dataclasses.fields(schema)}
+    bad = []
+    for key in node.keys():
+        if key not in known:
+            bad.append(f"{prefix}{key}")
+            continue
+        sub = OmegaConf.get_type(node, key)
+        if dataclasses.is_dataclass(sub) and isinstance(node[key], DictConfig):
+            bad += _unknown_keys(node[key], sub, f"{prefix}{key}.")
+    return bad
+
+
+def validate(cfg: DictConfig) -> ParticlesConfig:
+    """The typed, range-checked config object (raises ConfigError naming the field)."""
+    bad = _unknown_keys(cfg, ParticlesConfig)
+    if bad:
+        raise ConfigError(f"unknown config key(s) {', '.join(bad)}; the known fields are in "
+                          "particles/config.py")
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf may wrap the dataclass' own error
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise
+    if not isinstance(obj, ParticlesConfig):
+        raise ConfigError(f"config is not a ParticlesConfig (got {type(obj).__name__})")
+    return obj
+
+
+def run(cfg: ParticlesConfig, resolved_yaml: str):
+    """Run or resume the AQS job of ``cfg``; plots next to the trajectory.
+    Returns the aqs.RunSummary."""
+    from .aqs import run_aqs
+
+    summary = run_aqs(cfg, resolved_yaml)
+    if cfg.output.plots:
+        from .plots import plot_run
+        for path in plot_run(summary.path):
+            log.info("wrote %s", path)
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path="pkg://step_epm.conf", config_name="particles")
 def _main(cfg: DictConfig) -> None:
+    from .trajectory import TrajectoryError
+
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    run(OmegaConf.to_object(cfg), resolved)
+    try:
+        obj = validate(cfg)
+    except ConfigError as exc:
+        log.error("invalid config: %s", exc)
+        print(f"step-particles: invalid config: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        run(obj, resolved)
+    except TrajectoryError as exc:
+        log.error("%s", exc)
+        print(f"step-particles: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 def main() -> None:
     """Console-script entry point."""
     _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -93,7 +93,10 @@ class AvalancheConfig:
     The re-relaxation is adaptive overdamped steepest descent from the
     affinely strained start, saving a frame every ``frame_spacing`` of
     configuration-space distance, run to max|F| < sd_ftol and then
-    polished by Newton (SD again if Newton fails) to minimizer.ftol.
+    polished by Newton to minimizer.ftol; where Newton refuses (an
+    indefinite Hessian: the descent can slow down near a saddle too) the
+    descent goes on to a 100 times smaller tolerance and Newton is tried
+    again (see aqs.relax_avalanche).
     sd_eta, sd_grow, sd_shrink, sd_dt0, sd_dt_max: the step-size control
     (accept when |F' - F| <= eta |F| and F'.F > 0; grow / shrink).
     """
@@ -102,7 +105,7 @@ class AvalancheConfig:
     stress_tol: Optional[float] = None
     nonaffine_threshold: Optional[float] = 0.05
     frame_spacing: float = 0.15
-    sd_ftol: float = 1e-8
+    sd_ftol: float = 1e-6
     max_sd_steps: int = 50_000_000
     sd_dt0: float = 0.01
     sd_dt_max: float = 10.0
@@ -133,8 +136,10 @@ class OutputConfig:
         step, the default: softness training needs every step). Steps that
         close a segment are always stored (they are resume points).
     segment_steps: steps per segment file while the run is in progress
-        (each completed segment is renamed into place atomically; the
-        final trajectory.h5 concatenates them).
+        (segment k holds steps [k S, (k + 1) S - 1]; each completed segment
+        is renamed into place atomically; the final trajectory.h5
+        concatenates them). With position_every > 1 keep it unchanged when
+        resuming: segment ends are stored steps.
     compression: gzip level of every dataset (0 = none).
     keep_segments: keep the segment files after trajectory.h5 is written.
     plots: write stress_strain.png and avalanche.png next to the trajectory.
@@ -180,13 +185,16 @@ def physics_dict(cfg) -> dict:
     and paths are left out (a run may be resumed with other values)."""
     if hasattr(cfg, "__dataclass_fields__"):
         d = asdict(cfg)
-    elif isinstance(cfg, dict):
-        d = cfg
-    else:  # DictConfig
-        from omegaconf import OmegaConf
-        d = OmegaConf.to_container(cfg, resolve=True)
-    out = {k: dict(d[k]) for k in PHYSICS_KEYS}
-    out["output"] = {"position_every": d["output"]["position_every"]}
+        out = {k: dict(d[k]) for k in PHYSICS_KEYS}
+        out["output"] = {"position_every": d["output"]["position_every"]}
+        return out
+    if isinstance(cfg, dict):
+        out = {k: dict(cfg[k]) for k in PHYSICS_KEYS}
+        out["output"] = {"position_every": cfg["output"]["position_every"]}
+        return out
+    from omegaconf import OmegaConf  # a DictConfig: convert section by section
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in PHYSICS_KEYS}
+    out["output"] = {"position_every": cfg.output.position_every}
     return out
 
 
