@@ -549,22 +549,3 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
             rejected += 1
             dt *= shrink
     return status, accepted, rejected, time, dt, fmax, energy
-
-
-@njit(cache=True, parallel=True)
-def contact_signature(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy):
-    """(N, 2) int64 per particle: number of contacts (r < s) and the sum of
-    (j + 1) over its contacts. Two states with equal signatures have, but
-    for coincidences of index sums, the same contact network."""
-    n = pos.shape[0]
-    out = np.zeros((n, 2), np.int64)
-    xy = tilt * Ly
-    for i in prange(n):
-        for k in range(offsets[i], offsets[i + 1]):
-            j = nbr[k]
-            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
-            s = rad[i] + rad[j]
-            if dx * dx + dy * dy < s * s:
-                out[i, 0] += 1
-                out[i, 1] += j + 1
-    return out

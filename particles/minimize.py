@@ -122,13 +122,6 @@ def steepest_descent(state: State, ftol: float = 1e-12, max_steps: int = 10_000_
     return out, res, dt_next
 
 
-def _contacts(state: State, nlist: NeighbourList) -> np.ndarray:
-    """Contact-network signature of ``state`` (see kernels.contact_signature)."""
-    offsets, nbr, imx, imy = nlist.update(state)
-    return kernels.contact_signature(state.pos, state.radii, state.Lx, state.Ly, state.tilt,
-                                     offsets, nbr, imx, imy)
-
-
 def _max_norm(F: np.ndarray) -> float:
     """max_i |F_i| of an (N, 2) array."""
     return float(np.sqrt(np.max(np.sum(F * F, axis=1))))
@@ -138,10 +131,9 @@ class NewtonSolver:
     """Safeguarded Newton iterations with a reusable sparse LU of the Hessian.
 
     The factorised matrix is H + D (see :meth:`factorize`). The LU is
-    reused (chord iterations) while the contact network is the one it was
-    computed for, across calls too (strain steps); when the network has
-    changed, a chord step fails the safeguards, or the force norm fell by
-    less than a factor ``rate``, it is refactorised at the current state.
+    reused (chord iterations), across calls too (strain steps), until a
+    chord step fails the safeguards or the force norm falls by less than a
+    factor ``rate``; then it is refactorised at the current state.
     """
 
     def __init__(self, rate: float = 0.5, max_iter: int = 60, shift: float = 1e-10):
@@ -157,29 +149,32 @@ class NewtonSolver:
     def factorize(self, state: State, nlist: NeighbourList | None = None) -> bool:
         """LU-factorise H + D at ``state``; False if that fails.
 
-        D is diagonal: shift * mean(diag H) everywhere, which makes the two
-        translation modes regular (the net force vanishes, so the step does
-        not translate the system) while every mode stiffer than that keeps
-        its exact Newton step; and mean(diag H) on contact-free particles
-        (rattlers, zero rows of H), so that a rattler that touches a
-        neighbour later gets a plain gradient step, not F / shift. The
-        symmetric structure is ordered by minimum degree on H + H^T without
-        row pivoting (H + D is positive definite at a stable state).
+        D is diagonal: shift * mean(diag H) on every particle with two or
+        more contacts, which makes the two translation modes regular (the
+        net force vanishes, so the step does not translate the system)
+        while every mode stiffer than that keeps its exact Newton step.
+        Particles with fewer than two contacts (rattlers, and particles
+        whose single contact must open at equilibrium) are decoupled and
+        get mean(diag H), i.e. a plain gradient step: their blocks are
+        singular or indefinite and would otherwise send them (and, through
+        the translation modes, everyone) far away. The symmetric structure
+        is ordered by minimum degree on H + H^T without row pivoting (the
+        matrix is positive definite at a stable state).
         """
         nlist = nlist or NeighbourList()
         H, contacts = hessian(state, nlist)
         typical = max(float(np.mean(H.diagonal())), np.finfo(float).tiny)
-        shift = np.full(H.shape[0], self.shift * typical)
-        shift[np.repeat(contacts == 0, 2)] = typical
+        loose = np.repeat(contacts < 2, 2)
+        keep = sp.diags((~loose).astype(float), format="csc")
+        shift = np.where(loose, typical, self.shift * typical)
         try:
-            self.lu = spla.splu((H + sp.diags(shift, format="csc")).tocsc(),
+            self.lu = spla.splu((keep @ H @ keep + sp.diags(shift, format="csc")).tocsc(),
                                 permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                                 options={"SymmetricMode": True})
         except RuntimeError:  # exactly singular
             self.lu = None
             return False
         self.n = state.n
-        self.signature = _contacts(state, nlist)
         self.factorizations += 1
         self.fresh = True
         return True
@@ -205,8 +200,7 @@ class NewtonSolver:
         for _ in range(max_iter or self.max_iter):
             if fmax < ftol:
                 break
-            if (self.lu is None or self.n != cur.n
-                    or not np.array_equal(self.signature, _contacts(cur, nlist))):
+            if self.lu is None or self.n != cur.n:
                 if not self.factorize(cur, nlist):
                     notes.append("singular Hessian")
                     break
