@@ -133,11 +133,15 @@ class NewtonSolver:
     The factorised matrix is H + D (see :meth:`factorize`). The LU is
     reused (chord iterations), across calls too (strain steps), until a
     chord step fails the safeguards or the force norm falls by less than a
-    factor ``rate``; then it is refactorised at the current state.
+    factor ``rate``; then it is refactorised at the current state. After
+    ``max_slow`` consecutive freshly factorised steps that were also slow
+    (far from any minimum, e.g. in a plastic event) it hands over.
     """
 
-    def __init__(self, rate: float = 0.5, max_iter: int = 60, shift: float = 1e-10):
+    def __init__(self, rate: float = 0.5, max_iter: int = 60, shift: float = 1e-10,
+                 max_slow: int = 3):
         self.rate = rate
+        self.max_slow = max_slow
         self.max_iter = max_iter
         self.shift = shift
         self.lu = None
@@ -197,6 +201,7 @@ class NewtonSolver:
         fmax = _max_norm(F)
         fnorm = float(np.linalg.norm(F))
         notes = []
+        slow_fresh = 0  # consecutive fresh-LU steps that reduced |F| by less than rate
         for _ in range(max_iter or self.max_iter):
             if fmax < ftol:
                 break
@@ -232,8 +237,12 @@ class NewtonSolver:
                 self.lu = None  # stale factorisation: refactorise here and retry
                 continue
             ratio = fnorm_t / fnorm
+            slow_fresh = slow_fresh + 1 if (self.fresh and ratio > self.rate) else 0
             cur, energy, F, fnorm, fmax = trial, e_t, F_t, fnorm_t, _max_norm(F_t)
             self.fresh = False
+            if slow_fresh >= self.max_slow:
+                notes.append("slow convergence with fresh factorisations")
+                break
             if ratio > self.rate:
                 self.lu = None  # chord iterations too slow: refactorise
         res = MinimizeResult(fmax < ftol, fmax, energy, 0, nfev,
