@@ -18,6 +18,8 @@ from typing import Optional
 
 from step_epm.config_checks import check_range
 
+from .minimize import DescentParams
+
 
 @dataclass
 class SystemConfig:
@@ -107,11 +109,12 @@ class AvalancheConfig:
     frame_spacing: float = 0.15
     sd_ftol: float = 1e-6
     max_sd_steps: int = 50_000_000
-    sd_dt0: float = 0.01
-    sd_dt_max: float = 10.0
-    sd_eta: float = 0.2
-    sd_grow: float = 1.2
-    sd_shrink: float = 0.5
+    # defaults are the engine's (minimize.DescentParams), stated once
+    sd_dt0: float = DescentParams.dt0
+    sd_dt_max: float = DescentParams.dt_max
+    sd_eta: float = DescentParams.eta
+    sd_grow: float = DescentParams.grow
+    sd_shrink: float = DescentParams.shrink
 
     def __post_init__(self):
         for name in ("energy_tol", "stress_tol", "nonaffine_threshold"):
