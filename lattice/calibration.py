@@ -501,14 +501,5 @@ def placeholder_calibration():
                        code_version="", inputs=[], source="placeholder_calibration()")
 
 
-def file_sha256(path):
-    """sha256 of a file's bytes (for the ``inputs`` list)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 if __name__ == "__main__":  # regenerate the shipped default file
     print(save_calibration(placeholder_calibration(), DEFAULT_PATH))

@@ -22,7 +22,6 @@ particles/config.py); a bad value stops with the field and the allowed
 range named.
 """
 
-import dataclasses
 import logging
 import sys
 
@@ -30,7 +29,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from step_epm.config_checks import ConfigError
+from step_epm.config_checks import ConfigError, validated
 
 from .config import ParticlesConfig, physics_hash
 
@@ -41,39 +40,9 @@ if not OmegaConf.has_resolver("step_physics_hash"):
                                     lambda *, _root_: physics_hash(_root_))
 
 
-def _unknown_keys(node, schema, prefix="") -> list[str]:
-    """Keys of ``node`` (a DictConfig) that ``schema`` (a dataclass) lacks,
-    recursively (a '+key=value' override can add one)."""
-    known = {f.name: f for f in dataclasses.fields(schema)}
-    bad = []
-    for key in node.keys():
-        if key not in known:
-            bad.append(f"{prefix}{key}")
-            continue
-        sub = OmegaConf.get_type(node, key)
-        if dataclasses.is_dataclass(sub) and isinstance(node[key], DictConfig):
-            bad += _unknown_keys(node[key], sub, f"{prefix}{key}.")
-    return bad
-
-
 def validate(cfg: DictConfig) -> ParticlesConfig:
     """The typed, range-checked config object (raises ConfigError naming the field)."""
-    bad = _unknown_keys(cfg, ParticlesConfig)
-    if bad:
-        raise ConfigError(f"unknown config key(s) {', '.join(bad)}; the known fields are in "
-                          "particles/config.py")
-    try:
-        obj = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except Exception as exc:  # OmegaConf may wrap the dataclass' own error
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise
-    if not isinstance(obj, ParticlesConfig):
-        raise ConfigError(f"config is not a ParticlesConfig (got {type(obj).__name__})")
-    return obj
+    return validated(cfg, ParticlesConfig, "particles/config.py")
 
 
 def run(cfg: ParticlesConfig, resolved_yaml: str):

@@ -560,6 +560,50 @@ class Trajectory:
             raise IndexError(f"frame row {row} outside [0, {self.n_frames})")
         return self.f[f"{_FRM}/position/value"][row]
 
+    # -- every frame in the global order ------------------------------------------------
+    def frame_sequence(self) -> dict:
+        """Every frame of the file in the global frame order (SPEC.md section 0).
+
+        Minimised states of stored steps and avalanche frames interleaved by
+        their global index: an avalanche's frames come before its step's
+        minimised state. Returns a dict of (F,) arrays:
+
+        - ``frame``: global frame index (increasing; gaps where a step's
+          positions are not stored);
+        - ``kind``: 0 the minimised state of a step, 1 an avalanche frame;
+        - ``row``: the row to read: a position row (kind 0) or an
+          avalanche-frame row (kind 1), see :meth:`sequence_position`;
+        - ``step``: the strain step; ``avalanche``: its id or -1;
+        - ``gamma``: accumulated strain of the frame's box (the tilt to pass
+          to analysis code; an avalanche frame has its step's strained box).
+        """
+        steps = self.step_numbers
+        gamma_of = dict(zip(steps.tolist(), self.observable("gamma").tolist()))
+        ps = self.position_steps
+        row_of_step = {int(s): i for i, s in enumerate(ps)}
+        sframe = self.observable("frame")
+        sav = self.observable("avalanche")
+        keep = np.array([int(s) in row_of_step for s in steps], bool)
+        ft = self.frame_table()
+        n_f = len(ft["frame"])
+        out = {
+            "frame": np.concatenate([sframe[keep], ft["frame"]]).astype(np.int64),
+            "kind": np.concatenate([np.zeros(keep.sum(), np.int8), np.ones(n_f, np.int8)]),
+            "row": np.concatenate([[row_of_step[int(s)] for s in steps[keep]],
+                                   np.arange(n_f)]).astype(np.int64),
+            "step": np.concatenate([steps[keep], ft["step"]]).astype(np.int64),
+            "avalanche": np.concatenate([sav[keep], ft["avalanche"]]).astype(np.int64),
+        }
+        out["gamma"] = np.array([gamma_of[int(s)] for s in out["step"]], float)
+        order = np.argsort(out["frame"], kind="stable")
+        return {k: v[order] for k, v in out.items()}
+
+    def sequence_position(self, kind: int, row: int) -> np.ndarray:
+        """(N, 2) unwrapped positions of a :meth:`frame_sequence` entry."""
+        if kind == 0:
+            return self.f[f"{_POS}/position/value"][row]
+        return self.frame_position(row)
+
     # -- avalanches --------------------------------------------------------------------
     @property
     def avalanche_steps(self) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Code version and config text embedded in every output file."""
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -17,3 +18,12 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def file_sha256(path) -> str:
+    """sha256 (hex) of a file's bytes: identifies an input in an output's provenance."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
