@@ -1,5 +1,16 @@
 """Calibration of the lattice model from particle trajectories (SPEC.md section 4).
 
-Installed as ``step_epm.calibrate``. Not yet implemented: see issue
-"calibrate/: strain fields, rearranger correlations, ...".
+Installed as ``step_epm.calibrate``. Measurement functions on plain arrays
+(no file reading; a driver reads trajectories and calls them), each
+returning ``step_epm.lattice.calibration.Quantity`` objects and binned
+curves with bootstrap errors:
+
+- ``fits``: minimum image in a sheared box, least squares from moments,
+  power-law tails, bootstrap, Quantity helpers (shared by the others);
+- ``strain_fields``: strain around an isolated rearrangement (item 1);
+- ``correlations``: rearranger pair correlation g2(r, df) (item 2);
+- ``softness_change``: c0(r), c1(r), b and the rearranger's own change (items 3, 4);
+- ``yield_strain``: yield strain quantiles versus softness (item 5);
+- ``events``: frames per rearrangement, plastic strain, relaxed fraction
+  and residual, time between frames (items 6, 7).
 """

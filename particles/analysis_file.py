@@ -31,6 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..kill_switch import KillSwitch
 from ..provenance import code_version, file_sha256
 from .rearrangements import local_deformation
 from .trajectory import Trajectory
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 SCHEMA = "step-frame-analysis"
 SCHEMA_VERSION = 1
 DEFAULT_NAME = "analysis.h5"
+#: ``STEP_SOFTNESS_KILL_AT=event:k`` SIGKILLs the run at the k-th "block"
+#: (a block file written) or "merge" (merged file written, not yet renamed).
+KILL_ENV = "STEP_SOFTNESS_KILL_AT"
 #: per-frame (F, N) float32 datasets
 FIELDS = {
     "softness": "softness of the frame's configuration (model file's mean signed distance)",
@@ -121,6 +125,7 @@ def analyse_trajectory(traj_path, model, model_path, out_path=None, block: int =
         AnalysisError if the trajectory did not store every step, or an
         existing file was made from another trajectory or model.
     """
+    kill = KillSwitch(KILL_ENV)
     traj_path = Path(traj_path)
     out_path = Path(out_path) if out_path else traj_path.with_name(DEFAULT_NAME)
     model_sha = file_sha256(model_path)
@@ -172,6 +177,7 @@ def analyse_trajectory(traj_path, model, model_path, out_path=None, block: int =
             p = parts / f"block-{lo:09d}.h5"
             _write_block(p, data, lo, header)
             done[lo] = p
+            kill("block")
             if bar is not None:
                 bar.update(hi - lo)
         if bar is not None:
@@ -196,6 +202,7 @@ def analyse_trajectory(traj_path, model, model_path, out_path=None, block: int =
                         ds[k][lo: lo + b[k].shape[0]] = b[k][()]
             f.attrs["complete"] = True
         validate(tmp)
+        kill("merge")
         os.replace(tmp, out_path)
         shutil.rmtree(parts)
     return out_path

@@ -39,14 +39,13 @@ independent).
 """
 
 import logging
-import os
-import signal
 import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..kill_switch import KillSwitch
 from .config import ParticlesConfig, physics_hash
 from .minimize import DescentParams, MinimizeResult, NewtonSolver, minimize, steepest_descent
 from .potential import Evaluation, NeighbourList, evaluate
@@ -66,25 +65,10 @@ POLISH_MAX_FRACTION = 0.1
 # Test hook: die at a chosen point (SIGKILL), to test resume
 # ---------------------------------------------------------------------------
 
-class _KillSwitch:
-    """``STEP_PARTICLES_KILL_AT=event:k`` makes the process SIGKILL itself at
-    the k-th occurrence of ``event`` in this process: "commit" (after a
-    step is committed to disk), "write" (a step's rows appended, not yet
-    committed), "frame" (an avalanche frame computed, mid-avalanche).
-    For the resume tests only."""
-
-    def __init__(self):
-        spec = os.environ.get("STEP_PARTICLES_KILL_AT", "")
-        self.event, self.at, self.count = None, 0, 0
-        if spec:
-            event, _, k = spec.partition(":")
-            self.event, self.at = event, int(k or 1)
-
-    def __call__(self, event: str):
-        if event == self.event:
-            self.count += 1
-            if self.count >= self.at:
-                os.kill(os.getpid(), signal.SIGKILL)
+#: ``STEP_PARTICLES_KILL_AT=event:k`` SIGKILLs the run at the k-th "commit"
+#: (after a step is committed to disk), "write" (a step's rows appended, not
+#: yet committed) or "frame" (an avalanche frame computed, mid-avalanche).
+KILL_ENV = "STEP_PARTICLES_KILL_AT"
 
 
 # ---------------------------------------------------------------------------
@@ -368,7 +352,7 @@ def run_aqs(cfg: ParticlesConfig, config_yaml: str = "") -> RunSummary:
     Raises TrajectoryError when the directory holds a foreign, damaged or
     differently configured run.
     """
-    kill = _KillSwitch()
+    kill = KillSwitch(KILL_ENV)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     header = header_for(cfg, config_yaml)
