@@ -479,6 +479,10 @@ class LocalDeformation:
 def _check_box(Lx, Ly, tilt, r_d):
     if not (Lx > 0 and Ly > 0 and r_d > 0):
         raise ValueError("Lx, Ly and r_d must be positive")
+    if not -0.5 <= tilt < 0.5 and abs(Lx - Ly) > 1e-12 * Ly:
+        # reducing the tilt by whole units is a lattice symmetry only for Lx = Ly
+        raise ValueError(f"a tilt outside [-1/2, 1/2) (got {tilt!r}) needs a square box "
+                         f"(Lx = {Lx!r}, Ly = {Ly!r})")
     tr = tilt - np.floor(tilt + 0.5)
     width = min(Lx / np.sqrt(1.0 + tr * tr), Ly)
     if width <= 2.0 * r_d:

@@ -99,7 +99,15 @@ class State:
         return (self.box_matrix @ s).T
 
     def sheared(self, dgamma: float) -> "State":
-        """A copy after the affine simple shear x += dgamma * y of positions and box."""
+        """A copy after the affine simple shear x += dgamma * y of positions and box.
+
+        Only for a square box: the tilt remap gamma -> gamma - 1 maps the
+        lattice onto itself only when Lx = Ly (ValueError otherwise).
+        """
+        if abs(self.Lx - self.Ly) > 1e-12 * self.Ly:
+            raise ValueError(f"simple shear needs a square box (Lx = {self.Lx!r}, "
+                             f"Ly = {self.Ly!r}): the tilt remap is a lattice symmetry "
+                             "only when Lx = Ly")
         out = self.copy()
         out.pos[:, 0] += dgamma * out.pos[:, 1]
         out.gamma += dgamma

@@ -239,3 +239,9 @@ def test_relaxed_shear_modulus_matches_linear_response(jammed):
     assert rel.mu < inst.mu  # (a fresh quench of 128 disks may have rel.mu < 0)
     assert 0 < rel.lam_2mu < inst.lam_2mu
     assert -1 < rel.nu < 1 and -1 < inst.nu < 1
+
+
+def test_shear_needs_a_square_box():
+    state = random_state(64, 0.9, seed=0)
+    with pytest.raises(ValueError, match="square box"):
+        state.strained(1e-3, 0.0).sheared(1e-3)

@@ -561,3 +561,14 @@ def test_correlation_length_fit():
     for bad in (np.full(40, 0.01), np.full(40, np.nan), np.full(40, 0.5)):
         res = correlation_length(r, bad)
         assert not res.ok and np.isnan(res.xi) and res.flag
+
+
+def test_unreduced_tilt_needs_a_square_box():
+    """Reducing the tilt by whole units maps the lattice onto itself only when
+    Lx = Ly: a non-square box at |tilt| > 1/2 is refused, at |tilt| < 1/2 accepted."""
+    rng = np.random.default_rng(3)
+    pos = rng.uniform(0, 12, (200, 2))
+    with pytest.raises(ValueError, match="square box"):
+        neighbour_images(pos, 15.0, 12.0, -7.4, 2.0)
+    offsets, nbr, im1, im2 = neighbour_images(pos, 15.0, 12.0, 0.3, 2.0)
+    assert offsets[-1] > 0
