@@ -5,16 +5,18 @@
 ``lattice/data/default_calibration.json``, marked ``"calibrated": false``,
 holds placeholder numbers of plausible magnitude so that the lattice runs
 before any particle data exists (``placeholder_calibration`` documents each
-of them).
+of them). The full schema, field by field, is docs/calibration.md.
 
 Format: JSON (human-readable), UTF-8, schema ``step-calibration`` version
-``SCHEMA_VERSION``. Units are particle units (SPEC.md section 0): lengths
-in small-particle diameters, energies in the pair prefactor, time in the
-overdamped unit (unit drag per particle). NaN is written as JSON ``null``.
+``SCHEMA_VERSION`` (= 2; version 1 files are still read, see below). Units
+are particle units (SPEC.md section 0): lengths in small-particle
+diameters, energies in the pair prefactor, time in the overdamped unit
+(unit drag per particle). NaN is written as JSON ``null``.
 
 Top level::
 
     schema, schema_version, calibrated (bool), description, code_version,
+    config (v2: the resolved config text of the producing run),
     inputs: [{"path": str, "sha256": str}, ...]      (hashes of the inputs)
     scalars: {name: quantity}
     curves:  {name: curve}
@@ -25,12 +27,17 @@ null or [lo, hi] of the fit's abscissa, ``flag`` null or a string (why a
 number is unreliable). ``n = 0`` requires a flag; a NaN value requires
 ``n = 0`` (too little data gives NaN, n = 0 and a flag, never a crash).
 
-Curves (every array a JSON list; ``n`` per point is a sample size):
+Required entries (``REQUIRED_SCALARS``, ``REQUIRED_CURVES``) are the ones
+the lattice reads (or checks, like nu); optional ones (``OPTIONAL_SCALARS``,
+``OPTIONAL_CURVES``) are measurements reported for the comparison and may
+be absent. ``SCALARS`` lists every scalar's unit and allowed range.
+
+Required curves (every array a JSON list; ``n`` per point is a sample size):
 
 - ``c0``, ``c1``: per-particle softness change per frame of a particle at
   distance r from a rearranger, dS = c0(r) + c1(r) (S - <S>) + b k
   (SPEC.md section 4, item 3): ``r`` (bin centres, increasing, > 0),
-  ``value``, ``error``, ``n``; ``fit``: the power law of the tail,
+  ``value`` (finite), ``error``, ``n``; ``fit``: the power law of the tail,
   ``{"amplitude": q, "exponent": q, "sign": +1 or -1}``,
   value(r) = sign * amplitude * r^-exponent over ``amplitude.fit_range``.
 - ``p_s``: P(S) of the site-averaged softness (SPEC.md section 5: the mean
@@ -43,24 +50,34 @@ Curves (every array a JSON list; ``n`` per point is a sample size):
   levels), ``value`` (nS, nU, > 0, non-decreasing along u), ``error``
   (nS, nU), ``n`` (nS samples per S bin).
 
-Scalars (``SCALARS`` lists units and allowed ranges): elastic constants
-(relaxed and instantaneous lambda, mu, nu), number density, site size,
-time per frame, compression source amplitude / centre / width, softness b,
-the rearranger's own softness change, relaxed fraction, residual, frames
-per rearrangement.
+Optional curves (v2): ``g2`` (rearranger pair correlation per frame lag,
+with power-law tail fits), ``strain_profiles`` (radial strain profiles
+around an isolated rearranger), ``frame_times`` (histogram of the time
+between particle frames), ``yield_strain_by_lag`` ({label: yield table}),
+``p_s_particles`` and ``p_s_rearrangers`` (P(S) of particle softness, of
+all particles and of rearrangers). Their formats are in docs/calibration.md
+and in the validators below.
+
+Version 1 files: read with the version 1 rules (every v1 scalar, residual
+included, and the four v1 curves required; no optional entry, no
+``config``); in memory they are a v2 calibration without the optional
+entries, and ``dumps`` writes version 2.
 """
 
 import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 SCHEMA = "step-calibration"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this code reads (older ones by their own rules)
+READABLE_VERSIONS = (1, 2)
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "default_calibration.json"
 
 
@@ -71,6 +88,7 @@ class CalibrationError(ValueError):
 
 # name: (unit, description, lo, hi, lo_open, hi_open) -- range of a finite value
 SCALARS = {
+    # -- required: read (or checked) by the lattice ------------------------
     "lambda_relaxed": ("energy/length^2", "Lame lambda, relaxed (non-affine) response", None, None, False, False),
     "mu_relaxed": ("energy/length^2", "shear modulus mu, relaxed response", 0.0, None, True, False),
     "nu_relaxed": ("1", "2-D Poisson ratio lambda/(lambda + 2 mu), relaxed", -1.0, 1.0, True, True),
@@ -86,11 +104,45 @@ SCALARS = {
     "softness_b": ("1/strain", "b in dS = ... + b k (per-frame volumetric strain)", None, None, False, False),
     "self_change": ("softness", "the rearranger's own softness change, after minus before", None, None, False, False),
     "relaxed_fraction": ("1", "fraction of the local elastic deviatoric strain a rearrangement relaxes", 0.0, 1.0, True, False),
-    "residual": ("strain (eps_dev)", "eps_dev of the local elastic strain a rearrangement leaves", 0.0, None, False, False),
     "frames_per_rearrangement": ("frames", "frames a rearrangement lasts", 1.0, None, False, False),
+    # -- optional: reported, not read by the lattice -----------------------
+    "residual": ("strain (eps_dev)", "eps_dev of the local elastic strain a rearrangement leaves", 0.0, None, False, False),
+    "c_dev": ("strain x length^2", "c_dev in eps_dev = c_dev / r^2 + bg_dev around an isolated rearranger", None, None, False, False),
+    "bg_dev": ("strain", "bg_dev in eps_dev = c_dev / r^2 + bg_dev (noise floor)", None, None, False, False),
+    "c_xy": ("strain x length^2", "c_xy in <|eps_xy|>_theta = c_xy / r^2 + bg_xy", None, None, False, False),
+    "bg_xy": ("strain", "bg_xy in <|eps_xy|>_theta = c_xy / r^2 + bg_xy (noise floor)", None, None, False, False),
+    "k_sin2": ("strain x length^2", "a in k = a sin(2 theta) / r^2 + ... (pooled over the fit range)", None, None, False, False),
+    "compression_length": ("length", "spatial width w of the isotropic compression k_iso = Q exp(-r^2/2w^2)/(2 pi w^2)", 0.0, None, True, False),
+    "plastic_strain": ("strain (eps_dev)", "eps_dev released per rearrangement, summed over its frames", 0.0, None, False, False),
+    "yield_a": ("strain (eps_dev)", "a in the median yield strain eps_y = a + b S (site S, since the last rearrangement)", None, None, False, False),
+    "yield_b": ("strain (eps_dev)/softness", "b in the median yield strain eps_y = a + b S (site S, since the last rearrangement)", None, None, False, False),
+    "d2min_length": ("length", "D2min correlation length xi (size of a rearrangement)", 0.0, None, True, False),
 }
+#: the scalars the lattice reads or checks (a v2 file must have them all)
+REQUIRED_SCALARS = ("lambda_relaxed", "mu_relaxed", "nu_relaxed", "lambda_instantaneous",
+                    "mu_instantaneous", "nu_instantaneous", "number_density", "site_size",
+                    "time_per_frame", "compression_amplitude", "compression_t_centre",
+                    "compression_width", "softness_b", "self_change", "relaxed_fraction",
+                    "frames_per_rearrangement")
+OPTIONAL_SCALARS = tuple(n for n in SCALARS if n not in REQUIRED_SCALARS)
+#: version 1: exactly these, all required
+V1_SCALARS = REQUIRED_SCALARS + ("residual",)
+
 RADIAL_CURVES = ("c0", "c1")
-CURVES = RADIAL_CURVES + ("p_s", "yield_strain")
+REQUIRED_CURVES = RADIAL_CURVES + ("p_s", "yield_strain")
+OPTIONAL_CURVES = ("g2", "strain_profiles", "frame_times", "yield_strain_by_lag", "p_s_particles",
+                   "p_s_rearrangers")
+CURVES = REQUIRED_CURVES + OPTIONAL_CURVES
+V1_CURVES = REQUIRED_CURVES
+#: radial strain profiles (``strain_profiles.profiles``): required, then optional
+PROFILES = ("k", "eps_dev", "eps_xy", "abs_k", "abs_eps_xy")
+OPTIONAL_PROFILES = ("k_sin2", "k_iso")
+#: profiles that are magnitudes (finite values >= 0)
+_NONNEGATIVE_PROFILES = ("eps_dev", "abs_k", "abs_eps_xy")
+TOP_LEVEL = ("schema", "schema_version", "calibrated", "description", "code_version", "config",
+             "inputs", "scalars", "curves")
+#: keys of ``yield_strain_by_lag``: letters, digits and _ . = + -
+LABEL_PATTERN = r"[A-Za-z0-9_.=+-]{1,64}"
 
 
 # --------------------------------------------------------------------------
@@ -117,9 +169,12 @@ class Quantity:
 
 @dataclass
 class Calibration:
-    """A validated calibration: ``scalars`` {name: Quantity}; ``curves``
-    {name: dict of numpy arrays, plus ``fit`` {name: Quantity, "sign": int}
-    for c0 and c1}."""
+    """A validated calibration: ``scalars`` {name: Quantity} (every required
+    one, and the optional ones present); ``curves`` {name: curve} with
+    numpy arrays and Quantity fits (formats in the module docstring and
+    docs/calibration.md). ``read_version`` is the schema version of the
+    file it was read from (informative; ``dumps`` always writes
+    SCHEMA_VERSION)."""
 
     scalars: dict
     curves: dict
@@ -128,29 +183,31 @@ class Calibration:
     code_version: str = ""
     inputs: list | None = None
     source: str = "<memory>"
+    config: str = ""
+    read_version: int = field(default=SCHEMA_VERSION, compare=False)
 
     def __getitem__(self, name):
         """Value of a scalar."""
         return self.scalars[name].value
 
+    def get(self, name):
+        """The Quantity of a scalar, or None when an optional one is absent."""
+        return self.scalars.get(name)
+
     def require_finite(self, names, context="the lattice model"):
-        """Raise CalibrationError naming every scalar in ``names`` whose value is NaN."""
-        bad = [n for n in names if not math.isfinite(self.scalars[n].value)]
+        """Raise CalibrationError naming every scalar in ``names`` that is
+        absent or whose value is NaN."""
+        bad = [n for n in names if n not in self.scalars or not math.isfinite(self.scalars[n].value)]
         if bad:
             raise CalibrationError(f"calibration {self.source}: {context} needs finite values of "
                                    f"{', '.join('scalars.' + b for b in bad)} (NaN: too little data?)")
 
     def to_json(self):
-        curves = {}
-        for name, c in self.curves.items():
-            d = {k: _arr(v) for k, v in c.items() if k != "fit"}
-            if "fit" in c:
-                d["fit"] = {k: (v.to_json() if isinstance(v, Quantity) else v) for k, v in c["fit"].items()}
-            curves[name] = d
         return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "calibrated": bool(self.calibrated),
                 "description": self.description, "code_version": self.code_version,
-                "inputs": list(self.inputs or []),
-                "scalars": {k: q.to_json() for k, q in self.scalars.items()}, "curves": curves}
+                "config": self.config, "inputs": list(self.inputs or []),
+                "scalars": {k: self.scalars[k].to_json() for k in _ordered(self.scalars, SCALARS)},
+                "curves": {k: _jsonify(self.curves[k]) for k in _ordered(self.curves, CURVES)}}
 
     def dumps(self):
         """The file's text (validated first)."""
@@ -160,6 +217,12 @@ class Calibration:
 
     def sha256(self):
         return hashlib.sha256(self.dumps().encode()).hexdigest()
+
+
+def _ordered(d, known):
+    """Keys of ``d``: the known ones in schema order, then any others (which
+    validation refuses)."""
+    return [k for k in known if k in d] + [k for k in d if k not in known]
 
 
 def _num(x):
@@ -174,13 +237,34 @@ def _arr(a):
     return [(_arr(v) if a.ndim > 1 else _num(v)) for v in a]
 
 
+def _jsonify(x):
+    """Curve contents -> JSON: arrays (NaN -> null), Quantities, nested dicts
+    and lists, ints, strings."""
+    if isinstance(x, Quantity):
+        return x.to_json()
+    if isinstance(x, np.ndarray):
+        return _arr(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonify(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonify(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return _num(x)
+    return x
+
+
 # --------------------------------------------------------------------------
 # Reading and validation
 # --------------------------------------------------------------------------
 
 def load_calibration(path="default"):
-    """Read and validate a calibration file; ``"default"`` is the shipped
-    placeholder file. Raises CalibrationError (naming the file and field)."""
+    """Read and validate a calibration file (version 1 or 2); ``"default"``
+    is the shipped placeholder file. Raises CalibrationError (naming the
+    file and field)."""
     p = DEFAULT_PATH if str(path) == "default" else Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -198,7 +282,7 @@ def _refuse_constant(name):
 
 
 def save_calibration(cal, path):
-    """Write atomically (temporary file + rename); returns the path."""
+    """Write atomically (temporary file + rename) as SCHEMA_VERSION; returns the path."""
     p = Path(path)
     text = cal.dumps()
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -209,42 +293,52 @@ def save_calibration(cal, path):
 
 
 def parse_calibration(data, source="<memory>"):
-    """Validate a decoded JSON object and build a Calibration."""
+    """Validate a decoded JSON object (schema version 1 or 2) and build a Calibration."""
     err = _Err(source)
     if not isinstance(data, dict):
         err("", "the top level must be a JSON object")
     if data.get("schema") != SCHEMA:
         err("schema", f"must be {SCHEMA!r}, got {data.get('schema')!r}")
     ver = data.get("schema_version")
-    if ver != SCHEMA_VERSION:
-        err("schema_version", f"this code reads version {SCHEMA_VERSION}, got {ver!r}")
+    if isinstance(ver, bool) or ver not in READABLE_VERSIONS:
+        err("schema_version", f"this code reads versions {', '.join(map(str, READABLE_VERSIONS))}, got {ver!r}")
+    v1 = ver == 1
+    if not v1:
+        unknown = sorted(set(data) - set(TOP_LEVEL))
+        if unknown:
+            err(unknown[0], f"unknown top-level entry (known: {', '.join(TOP_LEVEL)})")
     calibrated = data.get("calibrated")
     if not isinstance(calibrated, bool):
         err("calibrated", "must be true or false")
+    for key in ("description", "code_version") + (() if v1 else ("config",)):
+        if key in data and not isinstance(data[key], str):
+            err(key, f"must be a string, got {type(data[key]).__name__}")
     inputs = data.get("inputs", [])
     if not isinstance(inputs, list) or not all(
             isinstance(i, dict) and isinstance(i.get("path"), str) and isinstance(i.get("sha256"), str)
             for i in inputs):
         err("inputs", "must be a list of {path, sha256}")
+
+    required, allowed = (V1_SCALARS, V1_SCALARS) if v1 else (REQUIRED_SCALARS, tuple(SCALARS))
     scal = data.get("scalars")
     if not isinstance(scal, dict):
         err("scalars", "missing or not an object")
-    unknown = sorted(set(scal) - set(SCALARS))
+    unknown = sorted(set(scal) - set(allowed))
     if unknown:
-        err(f"scalars.{unknown[0]}", f"unknown scalar (known: {', '.join(SCALARS)})")
-    scalars = {}
-    for name, (unit, desc, lo, hi, lo_open, hi_open) in SCALARS.items():
+        err(f"scalars.{unknown[0]}", f"unknown scalar in a version {ver} file (known: {', '.join(allowed)})")
+    for name in required:
         if name not in scal:
             err(f"scalars.{name}", "missing")
+    scalars = {}
+    for name in [n for n in SCALARS if n in scal]:
+        unit, desc, lo, hi, lo_open, hi_open = SCALARS[name]
         q = _quantity(scal[name], f"scalars.{name}", err)
         v = q.value
         if math.isfinite(v):
             ok = (lo is None or (v > lo if lo_open else v >= lo)) and \
                  (hi is None or (v < hi if hi_open else v <= hi))
             if not ok:
-                rng = f"{'(' if lo_open or lo is None else '['}{'-inf' if lo is None else lo}, " \
-                      f"{'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}"
-                err(f"scalars.{name}.value", f"{v!r} is outside the allowed range {rng}")
+                err(f"scalars.{name}.value", f"{v!r} is outside the allowed range {_range_text(lo, hi, lo_open, hi_open)}")
         if not q.unit:
             q.unit = unit
         if not q.description:
@@ -259,23 +353,46 @@ def parse_calibration(data, source="<memory>"):
                 err(f"scalars.nu_{kind}.value",
                     f"{nu!r} != lambda/(lambda + 2 mu) = {lam / (lam + 2 * mu)!r}")
 
+    required, allowed = (V1_CURVES, V1_CURVES) if v1 else (REQUIRED_CURVES, CURVES)
     cur = data.get("curves")
     if not isinstance(cur, dict):
         err("curves", "missing or not an object")
-    unknown = sorted(set(cur) - set(CURVES))
+    unknown = sorted(set(cur) - set(allowed))
     if unknown:
-        err(f"curves.{unknown[0]}", f"unknown curve (known: {', '.join(CURVES)})")
-    curves = {}
-    for name in CURVES:
-        if name not in cur or not isinstance(cur[name], dict):
+        err(f"curves.{unknown[0]}", f"unknown curve in a version {ver} file (known: {', '.join(allowed)})")
+    for name in required:
+        if name not in cur:
             err(f"curves.{name}", "missing or not an object")
-    for name in RADIAL_CURVES:
-        curves[name] = _radial_curve(cur[name], f"curves.{name}", err)
-    curves["p_s"] = _histogram(cur["p_s"], "curves.p_s", err)
-    curves["yield_strain"] = _yield_table(cur["yield_strain"], "curves.yield_strain", err)
+    for name in cur:
+        if not isinstance(cur[name], dict):
+            err(f"curves.{name}", "missing or not an object")
+    strict = not v1  # v2: unknown keys inside a curve are refused (v1 ignored them)
+    curves = {}
+    for name in [n for n in CURVES if n in cur]:
+        d, f = cur[name], f"curves.{name}"
+        if name in RADIAL_CURVES:
+            curves[name] = _radial_curve(d, f, err, strict)
+        elif name in ("p_s", "p_s_particles", "p_s_rearrangers"):
+            curves[name] = _histogram(d, f, err, strict)
+        elif name == "frame_times":
+            curves[name] = _histogram(d, f, err, strict, positive=True)
+        elif name == "yield_strain":
+            curves[name] = _yield_table(d, f, err, strict)
+        elif name == "yield_strain_by_lag":
+            curves[name] = _yield_tables(d, f, err)
+        elif name == "g2":
+            curves[name] = _g2(d, f, err)
+        elif name == "strain_profiles":
+            curves[name] = _strain_profiles(d, f, err)
     return Calibration(scalars=scalars, curves=curves, calibrated=calibrated,
                        description=str(data.get("description", "")),
-                       code_version=str(data.get("code_version", "")), inputs=inputs, source=source)
+                       code_version=str(data.get("code_version", "")), inputs=inputs, source=source,
+                       config="" if v1 else str(data.get("config", "")), read_version=ver)
+
+
+def _range_text(lo, hi, lo_open, hi_open):
+    return (f"{'(' if lo_open or lo is None else '['}{'-inf' if lo is None else lo}, "
+            f"{'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}")
 
 
 class _Err:
@@ -285,6 +402,20 @@ class _Err:
     def __call__(self, field, msg):
         where = f" field {field!r}:" if field else ""
         raise CalibrationError(f"calibration {self.source}:{where} {msg}")
+
+
+def _keys(d, field, err, required, optional=(), strict=True):
+    """``d`` must be an object with every ``required`` key; with ``strict``
+    no key outside ``required + optional``."""
+    if not isinstance(d, dict):
+        err(field, "must be an object")
+    for key in required:
+        if key not in d:
+            err(f"{field}.{key}", "missing")
+    if strict:
+        unknown = sorted(set(d) - set(required) - set(optional))
+        if unknown:
+            err(f"{field}.{unknown[0]}", f"unknown entry (known: {', '.join(tuple(required) + tuple(optional))})")
 
 
 def _float(x, field, err):
@@ -328,9 +459,15 @@ def _quantity(d, field, err):
 def _array(d, key, field, err, ndim=1, integer=False):
     if key not in d:
         err(f"{field}.{key}", "missing")
+
+    def conv(x, depth):
+        if depth == 0:
+            return math.nan if x is None else x
+        if not isinstance(x, list):
+            raise TypeError
+        return [conv(v, depth - 1) for v in x]
     try:
-        a = np.array([math.nan if v is None else v for v in d[key]] if ndim == 1 else
-                     [[math.nan if v is None else v for v in row] for row in d[key]], dtype=float)
+        a = np.array(conv(d[key], ndim), dtype=float)
     except (TypeError, ValueError):
         err(f"{field}.{key}", f"must be a {ndim}-D array of numbers")
     if a.ndim != ndim or a.size == 0:
@@ -351,11 +488,37 @@ def _increasing(a, field, err, uniform=False):
             err(field, f"must be a uniform grid (constant spacing {step:g})")
 
 
-def _radial_curve(d, field, err):
+def _shape(a, shape, field, err, what):
+    if a.shape != shape:
+        err(field, f"shape {a.shape} != {what} = {shape}")
+
+
+def _radii(d, field, err):
     r = _array(d, "r", field, err)
     _increasing(r, f"{field}.r", err)
     if r[0] <= 0:
         err(f"{field}.r", "must be > 0")
+    return r
+
+
+def _power_fit(fit, field, err, strict=True):
+    """{amplitude: q, exponent: q, sign: +1/-1}: sign * amplitude * r^-exponent."""
+    if not isinstance(fit, dict):
+        err(field, "missing: the power-law tail fit {amplitude, exponent, sign}")
+    _keys(fit, field, err, (), ("amplitude", "exponent", "sign"), strict)
+    sign = fit.get("sign")
+    if isinstance(sign, bool) or sign not in (1, -1):
+        err(f"{field}.sign", f"must be +1 or -1, got {sign!r}")
+    amp = _quantity(fit.get("amplitude"), f"{field}.amplitude", err)
+    expo = _quantity(fit.get("exponent"), f"{field}.exponent", err)
+    if math.isfinite(amp.value) and amp.value < 0:
+        err(f"{field}.amplitude.value", "must be >= 0 (the sign is separate)")
+    return {"amplitude": amp, "exponent": expo, "sign": int(sign)}
+
+
+def _radial_curve(d, field, err, strict=True):
+    _keys(d, field, err, (), ("r", "value", "error", "n", "fit"), strict)
+    r = _radii(d, field, err)
     out = {"r": r}
     for key in ("value", "error"):
         out[key] = _array(d, key, field, err)
@@ -363,23 +526,18 @@ def _radial_curve(d, field, err):
     for key in ("value", "error", "n"):
         if out[key].shape != r.shape:
             err(f"{field}.{key}", f"length {out[key].size} != length of r ({r.size})")
-    fit = d.get("fit")
-    if not isinstance(fit, dict):
-        err(f"{field}.fit", "missing: the power-law tail fit {amplitude, exponent, sign}")
-    sign = fit.get("sign")
-    if sign not in (1, -1):
-        err(f"{field}.fit.sign", f"must be +1 or -1, got {sign!r}")
-    amp = _quantity(fit.get("amplitude"), f"{field}.fit.amplitude", err)
-    expo = _quantity(fit.get("exponent"), f"{field}.fit.exponent", err)
-    if math.isfinite(amp.value) and amp.value < 0:
-        err(f"{field}.fit.amplitude.value", "must be >= 0 (the sign is separate)")
-    out["fit"] = {"amplitude": amp, "exponent": expo, "sign": sign}
+    if not np.all(np.isfinite(out["value"])):
+        err(f"{field}.value", "must be finite (the lattice interpolates it: drop bins without data)")
+    out["fit"] = _power_fit(d.get("fit"), f"{field}.fit", err, strict)
     return out
 
 
-def _histogram(d, field, err):
+def _histogram(d, field, err, strict=True, positive=False):
+    _keys(d, field, err, (), ("edges", "density", "n"), strict)
     edges = _array(d, "edges", field, err)
     _increasing(edges, f"{field}.edges", err)
+    if positive and edges[0] <= 0:
+        err(f"{field}.edges", "must be > 0")
     dens = _array(d, "density", field, err)
     n = _array(d, "n", field, err, integer=True)
     if dens.size != edges.size - 1 or n.size != edges.size - 1:
@@ -392,7 +550,15 @@ def _histogram(d, field, err):
     return {"edges": edges, "density": dens, "n": n}
 
 
-def _yield_table(d, field, err):
+_YIELD_KEYS = ("s", "u", "value", "error", "n")
+_YIELD_EXTRA = ("mean", "mean_error", "fit", "description")
+
+
+def _yield_table(d, field, err, strict=True, empty_rows=False, extras=False):
+    """The yield-strain quantile table. ``empty_rows``: a row may be all NaN
+    (an S bin with too little data; reported tables only). ``extras``: the
+    optional mean, mean_error (nS), fit {a, b} and description."""
+    _keys(d, field, err, (), _YIELD_KEYS + (_YIELD_EXTRA if extras else ()), strict)
     s = _array(d, "s", field, err)
     _increasing(s, f"{field}.s", err, uniform=True)
     u = _array(d, "u", field, err)
@@ -405,16 +571,101 @@ def _yield_table(d, field, err):
     errs = _array(d, "error", field, err, ndim=2)
     n = _array(d, "n", field, err, integer=True)
     for key, a in (("value", val), ("error", errs)):
-        if a.shape != (s.size, u.size):
-            err(f"{field}.{key}", f"shape {a.shape} != (len(s), len(u)) = {(s.size, u.size)}")
+        _shape(a, (s.size, u.size), f"{field}.{key}", err, "(len(s), len(u))")
     if n.shape != s.shape:
         err(f"{field}.n", f"length {n.size} != length of s ({s.size})")
-    if not np.all(np.isfinite(val)) or np.any(val <= 0):
+    rows = np.all(np.isfinite(val), axis=1)
+    if empty_rows:
+        if not np.all(rows | np.all(np.isnan(val), axis=1)):
+            err(f"{field}.value", "each S row must be all finite or all NaN (a bin with too little data)")
+        if not rows.any():
+            err(f"{field}.value", "no S row has data (leave the table out)")
+    elif not rows.all():
         err(f"{field}.value", "yield strains must be finite and > 0 (fill empty S bins before writing)")
-    if np.any(np.diff(val, axis=1) < 0):
-        i = int(np.argwhere(np.diff(val, axis=1) < 0)[0, 0])
+    good = val[rows]
+    if np.any(good <= 0):
+        err(f"{field}.value", "yield strains must be > 0")
+    if np.any(np.diff(good, axis=1) < 0):
+        i = int(np.flatnonzero(rows)[np.argwhere(np.diff(good, axis=1) < 0)[0, 0]])
         err(f"{field}.value", f"quantiles must be non-decreasing along u (row s = {s[i]:g})")
-    return {"s": s, "u": u, "value": val, "error": errs, "n": n}
+    out = {"s": s, "u": u, "value": val, "error": errs, "n": n}
+    if extras:
+        for key in ("mean", "mean_error"):
+            if key in d:
+                out[key] = _array(d, key, field, err)
+                _shape(out[key], s.shape, f"{field}.{key}", err, "(len(s),)")
+        if "mean" in out and np.any(out["mean"][np.isfinite(out["mean"])] <= 0):
+            err(f"{field}.mean", "mean yield strains must be > 0")
+        if "fit" in d:
+            fit = d["fit"]
+            _keys(fit, f"{field}.fit", err, ("a", "b"))
+            out["fit"] = {k: _quantity(fit[k], f"{field}.fit.{k}", err) for k in ("a", "b")}
+        if "description" in d:
+            if not isinstance(d["description"], str):
+                err(f"{field}.description", "must be a string")
+            out["description"] = d["description"]
+    return out
+
+
+def _yield_tables(d, field, err):
+    """{label: yield table} (``yield_strain_by_lag``): labels such as
+    "df=1", "df=4", "since_last"."""
+    if not d:
+        err(field, "must hold at least one table (leave it out otherwise)")
+    out = {}
+    for label, table in d.items():
+        if not re.fullmatch(LABEL_PATTERN, label):
+            err(f"{field}.{label}", f"label must match {LABEL_PATTERN}")
+        out[label] = _yield_table(table, f"{field}.{label}", err, strict=True, empty_rows=True, extras=True)
+    return out
+
+
+def _g2(d, field, err):
+    """Pair correlation: lags (nl,) distinct ints >= 0, r (nb,) bin centres,
+    value/error (nl, nb) (NaN where a bin has no data), n (nl, nb) pairs,
+    fits [nl x {amplitude, exponent, sign}] of g2 - 1."""
+    _keys(d, field, err, ("lags", "r", "value", "error", "n", "fits"))
+    lags = _array(d, "lags", field, err, integer=True)
+    if np.any(np.diff(lags) <= 0):
+        err(f"{field}.lags", "must be strictly increasing")
+    r = _radii(d, field, err)
+    out = {"lags": lags, "r": r}
+    for key in ("value", "error"):
+        out[key] = _array(d, key, field, err, ndim=2)
+    out["n"] = _array(d, "n", field, err, ndim=2, integer=True)
+    for key in ("value", "error", "n"):
+        _shape(out[key], (lags.size, r.size), f"{field}.{key}", err, "(len(lags), len(r))")
+    v = out["value"]
+    if np.any(v[np.isfinite(v)] < 0):
+        err(f"{field}.value", "a pair correlation must be >= 0")
+    fits = d["fits"]
+    if not isinstance(fits, list) or len(fits) != lags.size:
+        err(f"{field}.fits", f"must be a list of {lags.size} fits (one per lag)")
+    out["fits"] = [_power_fit(f, f"{field}.fits.{i}", err) for i, f in enumerate(fits)]
+    return out
+
+
+def _strain_profiles(d, field, err):
+    """Radial strain profiles around an isolated rearranger: r (nb,), n
+    (nb,) particles per bin, profiles {name: {value, error}} for PROFILES
+    (and optionally OPTIONAL_PROFILES); NaN where a bin has no data."""
+    _keys(d, field, err, ("r", "n", "profiles"))
+    r = _radii(d, field, err)
+    n = _array(d, "n", field, err, integer=True)
+    _shape(n, r.shape, f"{field}.n", err, "(len(r),)")
+    prof = d["profiles"]
+    _keys(prof, f"{field}.profiles", err, PROFILES, OPTIONAL_PROFILES)
+    out = {"r": r, "n": n, "profiles": {}}
+    for name in PROFILES + tuple(p for p in OPTIONAL_PROFILES if p in prof):
+        f = f"{field}.profiles.{name}"
+        _keys(prof[name], f, err, ("value", "error"))
+        pair = {key: _array(prof[name], key, f, err) for key in ("value", "error")}
+        for key, a in pair.items():
+            _shape(a, r.shape, f"{f}.{key}", err, "(len(r),)")
+        if name in _NONNEGATIVE_PROFILES and np.any(pair["value"][np.isfinite(pair["value"])] < 0):
+            err(f"{f}.value", "a magnitude must be >= 0")
+        out["profiles"][name] = pair
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -449,6 +700,10 @@ def placeholder_calibration():
     - yield strain given S: Weibull, shape 2, scale 0.06 exp(-0.3 S)
       (eps_dev units), quantiles u = 0.005 ... 0.995, S = -2 ... 1.
     - relaxed fraction 0.5, residual 0.02, frames per rearrangement 3.
+
+    Of the optional (reported-only) entries only ``residual`` is present
+    (it was required in version 1); the other optional scalars and curves
+    are measurements with no meaningful placeholder and are absent.
     """
     def q(value, rel_err=0.2, unit=""):
         return Quantity(float(value), abs(float(value)) * rel_err, 0, None, unit, "", PLACEHOLDER)
@@ -491,14 +746,14 @@ def placeholder_calibration():
         "yield_strain": {"s": s, "u": u, "value": table, "error": 0.3 * table,
                          "n": np.zeros(s.size, np.int64)},
     }
-    for k, (unit, desc, *_rest) in SCALARS.items():
-        scalars[k].unit, scalars[k].description = unit, desc
+    for k, quant in scalars.items():
+        quant.unit, quant.description = SCALARS[k][:2]
     return Calibration(scalars=scalars, curves=curves, calibrated=False,
                        description="Placeholder calibration shipped with the code so that the lattice "
                                    "runs before any particle data exists. NOT CALIBRATED: every number "
                                    "is a plausible magnitude, see lattice/calibration.py "
                                    "(placeholder_calibration).",
-                       code_version="", inputs=[], source="placeholder_calibration()")
+                       code_version="", inputs=[], source="placeholder_calibration()", config="")
 
 
 if __name__ == "__main__":  # regenerate the shipped default file

@@ -1,0 +1,531 @@
+"""Mapping particle measurements onto the lattice (SPEC.md sections 4 and 5).
+
+The lattice (SPEC.md section 5) is a periodic grid of square sites of side
+a, about the size of one rearrangement; a site's softness is the mean
+particle softness of a site-sized region, so the calibrated P(S) and
+eps_y(S) must be stated for that site-averaged S, the per-particle
+softness kernels c0(r), c1(r) averaged over site areas, and time and the
+diffusion constant expressed per lattice frame and site. This module does
+those conversions on plain arrays (a driver reads trajectories and calls
+it); its results go into the calibration file (lattice/calibration.py,
+docs/calibration.md).
+
+Conventions (SPEC.md section 0): lengths in small-particle diameters,
+time in the overdamped unit (unit drag per particle), softness in the SVM
+distance unit, strains dimensionless (eps_dev = 2 sqrt(e1^2 + e2^2)). A
+box is ``(Lx, Ly, tilt)``: the parallelogram spanned by a1 = (Lx, 0) and
+a2 = (tilt Ly, Ly) (``calibrate.fits``); positions may lie in any
+periodic image.
+
+Site size: ``site_size`` (a = SITE_FACTOR x the D2min correlation length,
+or the side of a square of a given rearrangement area).
+
+Site tiling (``site_grid``, ``site_index``): the box is cut into
+n1 x n2 = max(1, round(Lx/a)) x max(1, round(Ly/a)) cells of equal
+fractional size: cell (i1, i2) holds the points s1 a1 + s2 a2' with
+s1 in [i1/n1, (i1 + 1)/n1) and s2 in [i2/n2, (i2 + 1)/n2) (mod 1), where
+a2' = (tr Ly, Ly) is the box's second vector with the tilt reduced to
+[-1/2, 1/2) (``fits.reduced_tilt``; the same periodic lattice, the least
+sheared cells). Each site is a parallelogram of width Lx/n1 along x,
+height Ly/n2 and tilt tr, area Lx Ly/(n1 n2) (a^2 up to the rounding of
+n1, n2: at most a factor (1 +- 1/(2n))^2 off), the square of side a for an
+unsheared box whose sides are multiples of a. Sites are numbered
+i1 n2 + i2. The tiling is a partition: every particle belongs to exactly
+one site.
+
+Site softness (``site_softness``): the unweighted mean of the finite
+particle softnesses in the site (both species); NaN for a site without
+one. The mean over sites of the site means equals the particle mean when
+every site holds the same number of particles; for positions independent
+of S it differs from it by about sd(S)/sqrt(N x particles per site)
+(the site means are reweighted by 1/count), which the tests bound by
+5 sd(S)/sqrt(N).
+
+Errors: bad arguments raise ValueError naming the argument; too little
+data gives NaN (curves, site values) or a Quantity with NaN, n = 0 and a
+flag, never an exception.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from step_epm.lattice.calibration import Quantity
+from step_epm.lattice.model import radial_profile, site_average_kernel
+
+from .fits import check_array, check_box, check_edges, mean_quantity, reduced_tilt
+from .yield_strain import yield_strain
+
+#: a = SITE_FACTOR x xi: the side of the square whose area equals the
+#: correlation area 2 pi xi^2 = integral of exp(-r/xi) over the plane of an
+#: exponentially decaying D2min correlation C(r) = exp(-r/xi)
+SITE_FACTOR = math.sqrt(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+def _as_quantity(x, name):
+    """A Quantity, or a plain number as Quantity(x, error NaN, n = 1)."""
+    if isinstance(x, Quantity):
+        return x
+    if isinstance(x, bool):
+        raise ValueError(f"{name} must be a number or a Quantity, got {x!r}")
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a Quantity, got {x!r}") from None
+    return Quantity(v, math.nan, 1)
+
+
+def _positive(q, name, allow_zero=False):
+    """ValueError unless a finite value is > 0 (>= 0 with allow_zero)."""
+    v = q.value
+    if math.isfinite(v) and (v < 0 or (v == 0 and not allow_zero)):
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {v!r}")
+    if math.isinf(v):
+        raise ValueError(f"{name} must be finite or NaN, got {v!r}")
+
+
+def _derived(value, rel_err, inputs, unit, description, fit_range=None):
+    """A Quantity computed from ``inputs`` {name: Quantity}: NaN, n = 0 and a
+    flag when the value is not finite; otherwise n = the smallest input n,
+    error = value x rel_err (NaN if any input error is unknown) and a flag
+    collecting the inputs' flags (required when n = 0)."""
+    by_flag = {}
+    for k, q in inputs.items():
+        if q.flag:
+            by_flag.setdefault(q.flag, []).append(k)
+    flags = [f"{', '.join(ks)}: {f}" for f, ks in by_flag.items()]
+    nan_in = [k for k, q in inputs.items() if not math.isfinite(q.value)]
+    if nan_in or not math.isfinite(value):
+        flag = "; ".join(flags) or f"not finite ({', '.join(nan_in) or 'result'})"
+        return Quantity(math.nan, math.nan, 0, fit_range, unit, description, flag)
+    n = min(int(q.n) for q in inputs.values())
+    flag = "; ".join(flags) or (None if n > 0 else "an input has n = 0")
+    err = abs(value) * rel_err if math.isfinite(rel_err) else math.nan
+    return Quantity(float(value), float(err), n, fit_range, unit, description, flag)
+
+
+# --------------------------------------------------------------------------
+# site size
+# --------------------------------------------------------------------------
+
+def site_size(xi=None, *, area=None, factor=SITE_FACTOR) -> Quantity:
+    """Lattice site side a (length), "about the size of one rearrangement".
+
+    Exactly one of:
+        xi: the D2min correlation length (length; Quantity or number): a =
+            ``factor`` x xi; the default factor sqrt(2 pi) = 2.507 makes a^2
+            the correlation area 2 pi xi^2 of C(r) = exp(-r/xi).
+        area: the area of one rearrangement (length^2): a = sqrt(area).
+    Returns:
+        Quantity (unit length): error propagated (factor x error of xi, or
+        error/(2 sqrt(area))), n and fit_range of the input, its flag
+        kept; NaN with n = 0 and a flag when the input is NaN.
+    Raises:
+        ValueError: neither or both of xi, area; factor not finite and > 0;
+        xi or area <= 0.
+    """
+    if (xi is None) == (area is None):
+        raise ValueError("give exactly one of xi (D2min correlation length) and area")
+    factor = float(factor)
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be finite and > 0, got {factor!r}")
+    if xi is not None:
+        q = _as_quantity(xi, "xi")
+        _positive(q, "xi")
+        value, rel = factor * q.value, q.error / q.value if q.value else math.nan
+        desc = f"lattice site side a = {factor:.6g} x D2min correlation length xi"
+        name = "xi"
+    else:
+        q = _as_quantity(area, "area")
+        _positive(q, "area")
+        value = math.sqrt(q.value) if math.isfinite(q.value) else math.nan
+        rel = 0.5 * q.error / q.value if q.value else math.nan
+        desc = "lattice site side a = sqrt(area of one rearrangement)"
+        name = "area"
+    return _derived(value, rel, {name: q}, "length", desc, q.fit_range)
+
+
+# --------------------------------------------------------------------------
+# site tiling and site softness
+# --------------------------------------------------------------------------
+
+def _check_a(a):
+    try:
+        a = float(a.value if isinstance(a, Quantity) else a)
+    except (TypeError, ValueError):
+        raise ValueError(f"a must be a number, got {a!r}") from None
+    if not (math.isfinite(a) and a > 0):
+        raise ValueError(f"a must be finite and > 0, got {a!r}")
+    return a
+
+
+def site_grid(box, a):
+    """(n1, n2) = (max(1, round(Lx/a)), max(1, round(Ly/a))): the number of
+    sites along a1 and a2 of ``box`` (Lx, Ly, tilt) for site side ``a``."""
+    Lx, Ly, _ = check_box(box, "box")
+    a = _check_a(a)
+    return max(1, int(round(Lx / a))), max(1, int(round(Ly / a)))
+
+
+def site_index(pos, box, a):
+    """Site of each particle: (N,) int in [0, n1 n2), numbered i1 n2 + i2
+    (module docstring: the fractional-coordinate tiling with the reduced
+    tilt). ``pos`` (N, 2) finite positions (any periodic image)."""
+    pos = check_array(pos, (None, 2), "pos")
+    if not np.all(np.isfinite(pos)):
+        raise ValueError("pos must be finite")
+    Lx, Ly, tilt = check_box(box, "box")
+    n1, n2 = site_grid(box, a)
+    tr = reduced_tilt(Lx, Ly, tilt)
+    s2 = np.mod(pos[:, 1] / Ly, 1.0)
+    s1 = np.mod((pos[:, 0] - tr * pos[:, 1]) / Lx, 1.0)
+    i1 = np.minimum((s1 * n1).astype(np.int64), n1 - 1)  # s = 1 - tiny rounds to 1.0
+    i2 = np.minimum((s2 * n2).astype(np.int64), n2 - 1)
+    return i1 * n2 + i2
+
+
+def site_softness(pos, S, box, a, return_counts=False):
+    """Site-averaged softness of one configuration.
+
+    Args:
+        pos: (N, 2) positions; S: (N,) particle softness (non-finite skipped);
+        box: (Lx, Ly, tilt); a: site side (length; number or Quantity).
+    Returns:
+        (n1 n2,) mean softness per site (``site_index`` numbering; NaN for a
+        site without a finite S); with ``return_counts`` also (n1 n2,) int
+        particle counts (finite S only).
+    """
+    pos = check_array(pos, (None, 2), "pos")
+    S = check_array(S, (len(pos),), "S")
+    n1, n2 = site_grid(box, a)
+    idx = site_index(pos, box, a)
+    ok = np.isfinite(S)
+    cnt = np.bincount(idx[ok], minlength=n1 * n2)
+    tot = np.bincount(idx[ok], S[ok], minlength=n1 * n2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+    return (mean, cnt.astype(np.int64)) if return_counts else mean
+
+
+def site_softness_of_particles(pos, S, box, a):
+    """(N,) the site softness (``site_softness``) of each particle's site,
+    e.g. to re-bin yield-strain onsets by site S. NaN for a particle whose
+    site has no finite S."""
+    mean = site_softness(pos, S, box, a)
+    return mean[site_index(pos, box, a)]
+
+
+def p_s_sites(site_S, edges=None, bin_width=0.1):
+    """P(S) of the site softness, in the calibration file's ``p_s`` format.
+
+    Args:
+        site_S: one array or a sequence of arrays of site softness (e.g.
+            one per configuration); non-finite entries skipped.
+        edges: (nb + 1,) increasing bin edges that must cover every finite
+            value; default: multiples of ``bin_width`` spanning the data.
+        bin_width: > 0, for the default edges.
+    Returns:
+        {"edges", "density", "n"}: density = n / (total x bin width),
+        integrating to 1 over the bins. With no finite value: density NaN
+        and n = 0 (edges as given, or [0, bin_width]); such a histogram is
+        not a valid ``p_s`` (the file refuses it).
+    """
+    bw = float(bin_width)
+    if not (math.isfinite(bw) and bw > 0):
+        raise ValueError(f"bin_width must be finite and > 0, got {bin_width!r}")
+    if isinstance(site_S, np.ndarray) or np.isscalar(site_S):
+        parts = [np.asarray(site_S, dtype=float).ravel()]
+    else:
+        try:
+            parts = [np.asarray(x, dtype=float).ravel() for x in site_S]
+        except (TypeError, ValueError):
+            raise ValueError("site_S must be an array or a sequence of arrays of numbers") from None
+    x = np.concatenate(parts) if parts else np.empty(0)
+    x = x[np.isfinite(x)]
+    if edges is not None:
+        e = check_edges(edges, "edges")
+        if x.size and (x.min() < e[0] or x.max() > e[-1]):
+            raise ValueError(f"edges [{e[0]:g}, {e[-1]:g}] must cover every site softness "
+                             f"(range [{x.min():g}, {x.max():g}])")
+    elif x.size:
+        i0, i1 = math.floor(x.min() / bw), math.floor(x.max() / bw) + 1
+        e = np.round(np.arange(i0, i1 + 1) * bw, 12)
+        e[0], e[-1] = min(e[0], x.min()), max(e[-1], x.max())  # round-off
+    else:
+        e = np.array([0.0, bw])
+    n, _ = np.histogram(x, e)
+    if x.size == 0:
+        return {"edges": e, "density": np.full(e.size - 1, np.nan), "n": n.astype(np.int64)}
+    return {"edges": e, "density": n / (x.size * np.diff(e)), "n": n.astype(np.int64)}
+
+
+def yield_strain_sites(eps, S_site, s_edges=np.arange(-3.0, 2.01, 0.5), u=np.linspace(0.05, 0.95, 19),
+                       min_count=10, n_boot=200, seed=0):
+    """Yield strain versus site softness: ``calibrate.yield_strain.yield_strain``
+    on onsets (eps, S_site), as the calibration file's ``yield_strain`` table.
+
+    Args:
+        eps: (n,) eps_dev accumulated since the particle's last
+            rearrangement at each onset (SPEC.md section 4 item 5; >= 0).
+        S_site: (n,) the site softness of the onset's site at the start of
+            that interval (``site_softness_of_particles``).
+        s_edges, u, min_count, n_boot, seed: as ``yield_strain`` (u sets
+            the table's quantile levels: the lattice clamps draws outside
+            [u[0], u[-1]] to the end quantiles, so span as much of [0, 1]
+            as the onsets allow).
+    Returns:
+        (table, result): ``table`` the ``yield_strain`` dict {s, u, value,
+        error, n} (empty S bins filled from the nearest bin with data), or
+        None with too little data; ``result`` the ``YieldStrain`` (its
+        ``a``, ``b`` are the file's ``yield_a``, ``yield_b``).
+    """
+    res = yield_strain(S_site, eps, s_edges=s_edges, u=u, min_count=min_count, n_boot=n_boot, seed=seed)
+    return res.calibration_curve(), res
+
+
+# --------------------------------------------------------------------------
+# softness kernels on sites
+# --------------------------------------------------------------------------
+
+@dataclass
+class SiteKernels:
+    """Result of ``site_kernels`` (softness per frame; offsets in sites).
+
+    c0, c1: (L, L) the lattice's site kernels (entry [dx, dy] = mean of
+        c(a |x|) over the site at minimum-image offset (dx, dy); c0[0, 0]
+        already multiplied by (n_site - 1)/n_site, as the lattice uses it).
+    offsets: (m, 2) int, the distinct offsets 0 <= dy <= dx <= L // 2;
+        r: (m,) their centre distance in particle lengths (a |offset|);
+        c0_offsets, c1_offsets: (m,) the kernels there.
+    n_per_site: particles per site (number density x a^2).
+    self_c0: c0[0, 0], the c0 share of the source site (its other
+        particles). self_frame: self_change/(n_f n_site), the rearranger's
+        own change spread over its site and frames (NaN if not given).
+        self_total: self_c0 + self_frame, the source site's change per
+        frame besides c1 (S - <S>) and b dk.
+    flag: why entries are NaN (None if none is).
+    """
+
+    c0: np.ndarray
+    c1: np.ndarray
+    offsets: np.ndarray
+    r: np.ndarray
+    c0_offsets: np.ndarray
+    c1_offsets: np.ndarray
+    n_per_site: float
+    self_c0: float
+    self_frame: float
+    self_total: float
+    flag: str | None
+
+
+def _check_radial(c, name):
+    """A calibration radial curve dict (r, value, fit{amplitude, exponent, sign})."""
+    try:
+        r = np.asarray(c["r"], dtype=float)
+        v = np.asarray(c["value"], dtype=float)
+        fit = c["fit"]
+        amp, expo, sign = fit["amplitude"], fit["exponent"], fit["sign"]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a calibration radial curve {{r, value, fit: "
+                         f"{{amplitude, exponent, sign}}}} (or None)") from None
+    if r.ndim != 1 or r.size == 0 or v.shape != r.shape or np.any(np.diff(r) <= 0):
+        raise ValueError(f"{name}: r must be 1-D, non-empty and increasing, value of the same length")
+    if sign not in (1, -1):
+        raise ValueError(f"{name}: fit sign must be +1 or -1, got {sign!r}")
+    curve = {"r": r, "value": v, "fit": {"amplitude": _as_quantity(amp, f"{name} amplitude"),
+                                         "exponent": _as_quantity(expo, f"{name} exponent"),
+                                         "sign": sign}}
+    problems = []
+    if not np.all(np.isfinite(v)):
+        problems.append(f"{name} has non-finite values")
+    if not (math.isfinite(curve["fit"]["amplitude"].value) and math.isfinite(curve["fit"]["exponent"].value)):
+        problems.append(f"{name} tail fit is NaN (kernel NaN beyond r = {r[-1]:g})")
+    return curve, problems
+
+
+def site_kernels(c0, c1, a, L, number_density, self_change=None, frames_per_rearrangement=None):
+    """c0(r), c1(r) averaged over site areas, exactly as the lattice does.
+
+    Reuses ``lattice.model.radial_profile`` (first bin's value inside r_0,
+    linear between bin centres, the power-law fit beyond the last bin) and
+    ``lattice.model.site_average_kernel`` (Gauss-Legendre, 8 x 8 points per
+    site; 64 cells x 8 x 8 within two sites of the source). Accuracy
+    against the exact site mean (tests/test_calibrate_mapping.py, a = 3):
+    1e-4 relative or better within two sites of the source (the composite
+    rule resolves the flat core's edge), about 1e-3 for farther sites that
+    contain the binned part of the curve (its piecewise-linear kinks at the
+    bin centres), 1e-6 or better where only the power-law tail contributes.
+
+    The self site (SPEC.md section 5): the rearranger's own change plus the
+    c0 average over the rest of its site. The lattice applies c0[0, 0] =
+    (n_site - 1)/n_site x (c0 averaged over the site) plus, per frame,
+    self_change/(n_f n_site); both are reported.
+
+    Args:
+        c0, c1: calibration radial curves ({r, value, error, n, fit}, e.g.
+            ``SoftnessChange.calibration_curve``), or None (no data).
+        a: site side (length; number or Quantity). L: lattice side (sites, >= 2).
+        number_density: N/V (1/length^2; number or Quantity); a^2 x it must be >= 1.
+        self_change, frames_per_rearrangement: optional numbers or Quantities.
+    Returns:
+        SiteKernels; NaN entries (and a flag) for a missing curve or a NaN fit.
+    """
+    a = _check_a(a)
+    if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 2:
+        raise ValueError(f"L must be an integer >= 2, got {L!r}")
+    L = int(L)
+    rho = _as_quantity(number_density, "number_density").value
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"number_density must be finite and > 0, got {rho!r}")
+    n_site = rho * a * a
+    if n_site < 1:
+        raise ValueError(f"a site must hold at least one particle: number_density x a^2 = {n_site:g} "
+                         f"(a = {a:g} too small)")
+    flags, kern = [], {}
+    for name, c in (("c0", c0), ("c1", c1)):
+        if c is None:
+            flags.append(f"{name}: no data")
+            kern[name] = np.full((L, L), np.nan)
+            continue
+        curve, problems = _check_radial(c, name)
+        flags += problems
+        with np.errstate(invalid="ignore"):
+            kern[name] = site_average_kernel(radial_profile(curve), L, a, n_site)
+    self_frame = math.nan
+    if self_change is not None:
+        sc = _as_quantity(self_change, "self_change").value
+        nf = 1.0 if frames_per_rearrangement is None else \
+            _as_quantity(frames_per_rearrangement, "frames_per_rearrangement").value
+        if math.isfinite(nf):
+            if nf < 1:
+                raise ValueError(f"frames_per_rearrangement must be >= 1, got {nf!r}")
+            nf = max(1, int(round(nf)))  # as the lattice rounds it
+        self_frame = sc / (nf * n_site)
+        if not math.isfinite(self_frame):
+            flags.append("self_change or frames_per_rearrangement is NaN")
+    h = L // 2
+    dx, dy = np.meshgrid(np.arange(h + 1), np.arange(h + 1), indexing="ij")
+    keep = dy <= dx
+    offsets = np.column_stack([dx[keep], dy[keep]]).astype(np.int64)
+    self_c0 = float(kern["c0"][0, 0])
+    return SiteKernels(c0=kern["c0"], c1=kern["c1"], offsets=offsets,
+                       r=a * np.hypot(offsets[:, 0], offsets[:, 1]),
+                       c0_offsets=kern["c0"][offsets[:, 0], offsets[:, 1]],
+                       c1_offsets=kern["c1"][offsets[:, 0], offsets[:, 1]],
+                       n_per_site=n_site, self_c0=self_c0, self_frame=self_frame,
+                       self_total=self_c0 + self_frame, flag="; ".join(flags) or None)
+
+
+# --------------------------------------------------------------------------
+# time and diffusion
+# --------------------------------------------------------------------------
+
+def time_per_frame(dt, n_boot=200, seed=0) -> Quantity:
+    """The lattice frame's time dt: the mean time between consecutive
+    particle frames of the avalanches (time units).
+
+    Args:
+        dt: (n,) times between consecutive frames (finite, > 0).
+        n_boot, seed: bootstrap over frames.
+    Returns:
+        Quantity: mean, bootstrap error, n = number of dt (NaN, n = 0 and
+        a flag with none). The distribution itself: ``events.frame_times``.
+    """
+    dt = check_array(dt, (None,), "dt")
+    if np.any(~np.isfinite(dt)) or np.any(dt <= 0):
+        raise ValueError("dt must be finite and > 0")
+    return mean_quantity(dt, "dt", "time", "time dt of one lattice frame (mean time between particle frames)",
+                         n_boot, seed)
+
+
+def lattice_diffusion(lam, mu, number_density, time_per_frame, site_size) -> Quantity:
+    """D_L in lattice units, D = D_L dt / a^2 (SPEC.md sections 0 and 5),
+    with D_L = (lambda + 2 mu)/eta and eta = number_density (unit drag per
+    particle), as ``lattice.model.LatticeParams`` computes it.
+
+    Args (numbers or Quantities): lam, mu (energy/length^2), number_density
+    (1/length^2), time_per_frame (time), site_size (length).
+    Returns:
+        Quantity (unit 1, sites^2 per frame): error by first-order
+        propagation of independent input errors (NaN if one is unknown;
+        lambda and mu are in fact correlated: an estimate), n = the
+        smallest input n, the inputs' flags kept; NaN, n = 0 and a flag if
+        an input is NaN.
+    Raises:
+        ValueError: lam + 2 mu, number_density, time_per_frame or site_size <= 0.
+    """
+    q = {"lam": _as_quantity(lam, "lam"), "mu": _as_quantity(mu, "mu"),
+         "number_density": _as_quantity(number_density, "number_density"),
+         "time_per_frame": _as_quantity(time_per_frame, "time_per_frame"),
+         "site_size": _as_quantity(site_size, "site_size")}
+    for name in ("number_density", "time_per_frame", "site_size"):
+        _positive(q[name], name)
+    M = q["lam"].value + 2 * q["mu"].value
+    if math.isfinite(M) and M <= 0:
+        raise ValueError(f"lam + 2 mu must be > 0, got {M!r}")
+    rho, dt, a = q["number_density"].value, q["time_per_frame"].value, q["site_size"].value
+    value = M / rho * dt / a**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = math.sqrt((q["lam"].error**2 + 4 * q["mu"].error**2) / M**2
+                        + (q["number_density"].error / rho) ** 2 + (q["time_per_frame"].error / dt) ** 2
+                        + 4 * (q["site_size"].error / a) ** 2) if math.isfinite(value) else math.nan
+    return _derived(value, rel, q, "1", "D_L dt / a^2: longitudinal diffusion constant in sites^2 per frame")
+
+
+# --------------------------------------------------------------------------
+# calibration file entries from measurement results
+# --------------------------------------------------------------------------
+
+def g2_entry(pc):
+    """``correlations.PairCorrelation`` -> the file's optional ``g2`` curve
+    {lags, r, value, error, n (lags x r), fits} (lags sorted)."""
+    order = np.argsort(np.asarray(pc.lags))
+    rad = [pc.radial[i] for i in order]
+    return {"lags": np.asarray(pc.lags, dtype=np.int64)[order], "r": np.asarray(rad[0].r, dtype=float),
+            "value": np.array([c.value for c in rad], dtype=float),
+            "error": np.array([c.error for c in rad], dtype=float),
+            "n": np.array([c.n for c in rad], dtype=np.int64), "fits": [dict(pc.fits[i]) for i in order]}
+
+
+def strain_profiles_entry(sf):
+    """``strain_fields.StrainFields`` -> the file's optional ``strain_profiles``
+    {r, n, profiles: {name: {value, error}}} (k, eps_dev, eps_xy, abs_k,
+    abs_eps_xy, k_sin2, k_iso)."""
+    first = sf.profiles["k"]
+    return {"r": np.asarray(first.r, dtype=float), "n": np.asarray(first.n, dtype=np.int64),
+            "profiles": {name: {"value": np.asarray(c.value, dtype=float), "error": np.asarray(c.error, dtype=float)}
+                         for name, c in sf.profiles.items()}}
+
+
+def histogram_entry(h):
+    """An ``events.Histogram`` (or a dict edges/density/n) -> the file's
+    histogram format; None when it has no bin or no count (leave the
+    optional curve out)."""
+    get = (lambda k: h[k]) if isinstance(h, dict) else (lambda k: getattr(h, k))
+    edges, dens, n = (np.asarray(get(k)) for k in ("edges", "density", "n"))
+    if edges.size < 2 or n.sum() == 0 or not np.all(np.isfinite(dens)):
+        return None
+    return {"edges": edges.astype(float), "density": dens.astype(float), "n": n.astype(np.int64)}
+
+
+def yield_table_entry(ys, description=None):
+    """A ``yield_strain.YieldStrain`` -> one table of the file's optional
+    ``yield_strain_by_lag`` {s, u, value, error, n, mean, mean_error, fit
+    {a, b}, description}: S bins without data stay NaN (not filled). None
+    when no bin has data or a quantile is <= 0."""
+    good = np.all(np.isfinite(ys.value), axis=1)
+    if not good.any() or np.any(ys.value[good] <= 0):
+        return None
+    out = {"s": np.asarray(ys.s, float), "u": np.asarray(ys.u, float), "value": np.asarray(ys.value, float),
+           "error": np.asarray(ys.error, float), "n": np.asarray(ys.n, np.int64),
+           "mean": np.asarray(ys.mean, float), "mean_error": np.asarray(ys.mean_error, float),
+           "fit": {"a": ys.a, "b": ys.b}}
+    if description is not None:
+        out["description"] = str(description)
+    return out
