@@ -153,7 +153,7 @@ class ExtractParams:
     ds_r ((0.5, 15.0, 0.5)), ds_far_range ((4, 12)), ds_tail_range ((1, 10)):
     softness change (isolated events); ds_near_tail_range ((1, 5)): the
     tail range of the all-rearranger (near-field) version.
-    s_edges ((-3, 2, 0.5)): softness bins of the yield strain; n_u (19):
+    s_edges ((-2, 2, 0.25)): softness bins of the yield strain; n_u (19):
     quantile levels linspace(0.05, 0.95, n_u); min_count (10).
     corr_frames ("isolated"), corr_r_max (10), corr_dr (0.5; coarser than
     the neighbour-shell structure), corr_floor (0.05), corr_model ("exp"):
@@ -184,7 +184,7 @@ class ExtractParams:
     ds_far_range: tuple = (4.0, 12.0)
     ds_tail_range: tuple = (1.0, 10.0)
     ds_near_tail_range: tuple = (1.0, 5.0)
-    s_edges: tuple = (-3.0, 2.0, 0.5)
+    s_edges: tuple = (-2.0, 2.0, 0.25)
     n_u: int = 19
     min_count: int = 10
     corr_frames: str = "isolated"

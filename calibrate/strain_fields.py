@@ -163,9 +163,9 @@ def strain_fields(events, r_edges=np.arange(0.5, 15.01, 0.5), n_theta=16, fit_ra
         bm = bu * nt + np.minimum((th[use] * nt / (2 * np.pi)).astype(int), nt - 1)
         map_n.append(np.bincount(bm, minlength=nb * nt))
         map_sums.append(np.stack([np.bincount(bm, vals[:, j], minlength=nb * nt) for j in range(3)], 1))
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # the origin (r = 0) is unbinned
             inv_r2 = 1.0 / r**2
-        aniso = np.column_stack([np.sin(2 * th) * inv_r2, np.cos(2 * th) * inv_r2])
+            aniso = np.column_stack([np.sin(2 * th) * inv_r2, np.cos(2 * th) * inv_r2])
         mom_k.append(moments(b, aniso, k, nb))
         one = np.where((r >= fit_range[0]) & (r <= fit_range[1]) & (b >= 0), 0, -1)
         mom_dev.append(moments(one, inv_r2, dev, 1))

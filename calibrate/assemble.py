@@ -1,0 +1,272 @@
+"""From measurements to the calibration file (SPEC.md sections 4 and 5).
+
+:func:`site_samples` reads the site-averaged softness the lattice needs
+(P(S) of sites; the site S of every yield onset) from the trajectories and
+their analysis files; :func:`assemble` turns ``extract.Measurements`` plus
+those samples into a validated ``lattice.calibration.Calibration``.
+
+Fallback rule: a required entry (one the lattice reads) that could not be
+measured (NaN: too little data), whose measured value lies outside the
+allowed range, or whose error exceeds its value (undetermined) is taken from the shipped placeholder
+(``lattice.calibration.placeholder_calibration``), with n = 0 and a flag
+that says why; the file is then marked ``calibrated: false`` and its
+description lists these entries, so the lattice still runs and nobody
+mistakes a placeholder for a measurement. Optional entries that cannot be
+measured are written as NaN with n = 0 and a flag (scalars) or left out
+(curves).
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..lattice.calibration import (REQUIRED_CURVES, REQUIRED_SCALARS, SCALARS, Calibration,
+                                   CalibrationError, Quantity, parse_calibration,
+                                   placeholder_calibration)
+from ..particles.analysis_file import SoftnessAnalysis
+from ..particles.trajectory import Trajectory
+from .lattice_mapping import (SITE_FACTOR, g2_entry, histogram_entry, p_s_sites, site_size,
+                              site_softness, site_softness_of_particles, strain_profiles_entry,
+                              yield_strain_sites, yield_table_entry)
+
+log = logging.getLogger(__name__)
+
+#: a required number whose error exceeds this multiple of its value is
+#: undetermined and replaced by the placeholder (with a flag)
+MAX_RELATIVE_ERROR = 1.0
+#: onset label whose yield strain the lattice uses (SPEC.md section 5)
+LATTICE_YIELD_LABEL = "since_last"
+
+
+@dataclass
+class SiteSamples:
+    """Site-averaged softness samples (site side ``a``, length).
+
+    sites: (n_sites_total,) site S over the sampled minimised frames.
+    particles: (n,) particle S over the same frames; rearrangers: (m,)
+        particle S at the window start of every df = 1 onset.
+    onset_site_S: {label: (n_onsets,) site S of the onset particle's site at
+        the window start}, aligned with Measurements.onsets[label].
+    n_frames: sampled frames.
+    """
+    a: float
+    sites: np.ndarray
+    particles: np.ndarray
+    rearrangers: np.ndarray
+    onset_site_S: dict = field(default_factory=dict)
+    n_frames: int = 0
+
+
+def site_samples(pairs, meas, a: float, sample_every: int = 50, progress=None) -> SiteSamples:
+    """Site softness of sampled frames and of every onset.
+
+    Args:
+        pairs: the (trajectory, analysis file) pairs given to ``measure``
+            (same order: Onsets.traj indexes them).
+        meas: extract.Measurements.
+        a: site side (length); NaN gives empty samples.
+        sample_every: every k-th minimised step of each trajectory is a
+            P(S) sample (a site tiling of the whole box per frame).
+        progress: optional callable(str).
+    """
+    empty = SiteSamples(a, np.empty(0), np.empty(0), np.empty(0),
+                        {k: np.full(len(o.S), np.nan) for k, o in meas.onsets.items()})
+    if not (math.isfinite(a) and a > 0):
+        return empty
+    sites, parts, rear = [], [], []
+    onset_S = {k: np.full(len(o.S), np.nan) for k, o in meas.onsets.items()}
+    for ti, (tp, ap) in enumerate(pairs):
+        if progress:
+            progress(f"site softness: {ap}")
+        with Trajectory(tp) as t, SoftnessAnalysis(ap) as an:
+            seq = an.sequence()
+            (Lx, Ly) = t.box_lengths
+            minima = np.flatnonzero(seq["kind"] == 0)[::sample_every]
+            need = {int(r) for r in minima}
+            for o in meas.onsets.values():
+                need |= {int(r) for r in o.start_row[o.traj == ti]}
+            cache = {}
+            for r in sorted(need):
+                pos = t.sequence_position(seq["kind"][r], seq["row"][r])
+                S = an.field("softness", r).astype(float)
+                cache[r] = (pos, S, (Lx, Ly, float(seq["gamma"][r])))
+            for r in minima:
+                pos, S, box = cache[int(r)]
+                sites.append(site_softness(pos, S, box, a))
+                parts.append(S)
+            for label, o in meas.onsets.items():
+                for j in np.flatnonzero(o.traj == ti):
+                    pos, S, box = cache[int(o.start_row[j])]
+                    onset_S[label][j] = site_softness_of_particles(pos, S, box, a)[o.particle[j]]
+                    if label == "df=1":
+                        rear.append(S[o.particle[j]])
+    cat = (lambda x: np.concatenate(x) if x else np.empty(0))
+    return SiteSamples(a, cat(sites), cat(parts), np.asarray(rear, float), onset_S, len(sites))
+
+
+def _in_range(name, value):
+    _, _, lo, hi, lo_open, hi_open = SCALARS[name]
+    if not math.isfinite(value):
+        return False
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        return False
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        return False
+    return True
+
+
+#: placeholder times that are meant in units of the time per frame
+_IN_FRAMES = ("compression_t_centre", "compression_width")
+
+
+def _scalar(name, q: Quantity | None, placeholder: Calibration, notes: list,
+            dt: float | None = None) -> Quantity:
+    """The file's Quantity for scalar ``name`` (measured, or the fallback;
+    ``dt`` the measured time per frame, which rescales placeholder times)."""
+    unit, desc = SCALARS[name][:2]
+    required = name in REQUIRED_SCALARS
+    undetermined = (q is not None and required and math.isfinite(q.error)
+                    and q.error > MAX_RELATIVE_ERROR * abs(q.value))
+    if q is not None and _in_range(name, q.value) and (q.n > 0 or q.flag) and not undetermined:
+        return replace(q, unit=unit, description=desc)
+    why = ("not measured" if q is None else
+           f"measured {q.value:.4g} +- {q.error:.2g} is undetermined" if undetermined else
+           f"measured value {q.value:.4g} outside the allowed range" if math.isfinite(q.value)
+           else f"not measurable ({q.flag or 'too little data'})")
+    if required:
+        ph = placeholder.scalars[name]
+        value, error, how = ph.value, ph.error, ""
+        if name in _IN_FRAMES and dt is not None:  # keep the placeholder's value in frames
+            scale = dt / placeholder["time_per_frame"]
+            value, error = value * scale, error * scale
+            how = f" = {ph.value:.4g} x measured/placeholder time per frame"
+        notes.append(f"{name}: placeholder {value:.4g}{how} ({why})")
+        return Quantity(value, error, 0, None, unit, desc, f"placeholder{how}: {why}")
+    return Quantity(math.nan, math.nan, 0, None, unit, desc, why)
+
+
+def _valid_curve(name, curve, placeholder: Calibration) -> str | None:
+    """None if ``curve`` is a valid entry ``name``, else the reason."""
+    if curve is None:
+        return "not measurable (too little data)"
+    trial = placeholder.to_json()
+    from ..lattice.calibration import _jsonify
+    trial["curves"][name] = _jsonify(curve)
+    try:
+        parse_calibration(trial, f"<{name}>")
+    except CalibrationError as exc:
+        return str(exc)
+    return None
+
+
+def _xi_quantity(meas) -> Quantity:
+    xi = meas.correlation_length
+    return Quantity(xi.xi, xi.xi_err, xi.n if xi.ok else 0, (xi.r_lo, xi.r_hi) if xi.ok else None,
+                    "length", "", None if xi.ok else (xi.flag or "no fit"))
+
+
+def choose_site(meas, size: float = 0.0, factor: float = SITE_FACTOR) -> Quantity:
+    """The site side a (length): ``size`` if > 0 (flagged as chosen), else
+    factor x the D2min correlation length (NaN, n = 0, flag if unfitted)."""
+    if size > 0:
+        unit, desc = SCALARS["site_size"][:2]
+        return Quantity(float(size), 0.0, 1, None, unit, desc, "chosen (site.size), not measured")
+    return site_size(xi=_xi_quantity(meas), factor=factor)
+
+
+def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
+             code_version: str = "", s_edges=None, u=None, n_boot: int = 200, seed: int = 0):
+    """The calibration file's content from measurements.
+
+    Args:
+        meas: extract.Measurements; sites: SiteSamples (site side sites.a);
+        site_q: the site side as a Quantity (choose_site).
+        s_edges: uniform softness bins of the lattice's yield table (site S;
+            default: 0.25 wide over the 1st-99th percentile of the onsets'
+            site S); u: quantile levels (default 0.02 ... 0.98).
+    Returns:
+        (Calibration, notes): notes lists every placeholder used.
+    """
+    ph = placeholder_calibration()
+    notes = []
+    sf, sc = meas.strain_fields, meas.softness_change
+    fits = getattr(sf, "fits", {}) or {}
+    xi_q = _xi_quantity(meas)
+    measured = dict(meas.elastic)
+    measured.update(number_density=meas.number_density, time_per_frame=meas.time_per_frame,
+                    softness_b=sc.b, self_change=meas.self_change, site_size=site_q,
+                    **meas.compression, **meas.relaxation, **meas.rearrangement_stats)
+    measured["d2min_length"] = xi_q
+    for k in ("c_dev", "bg_dev", "c_xy", "bg_xy", "k_sin2"):
+        measured[k] = fits.get(k)
+    measured["compression_length"] = fits.get("compression_length")
+    # the lattice's yield table: since-last onsets re-binned by site S
+    ys_table, ys = None, None
+    o = meas.onsets.get(LATTICE_YIELD_LABEL)
+    if o is not None and len(o.S):
+        S_site = sites.onset_site_S[LATTICE_YIELD_LABEL]
+        ok = np.isfinite(S_site) & np.isfinite(o.eps) & (o.eps > 0)
+        if ok.sum() >= 2:
+            if s_edges is None:
+                lo, hi = np.percentile(S_site[ok], [1, 99])
+                lo, hi = 0.25 * math.floor(lo / 0.25), 0.25 * math.ceil(hi / 0.25)
+                s_edges = np.arange(lo, hi + 0.125, 0.25) if hi > lo else np.array([lo, lo + 0.25])
+            u = np.linspace(0.02, 0.98, 49) if u is None else u
+            ys_table, ys = yield_strain_sites(o.eps[ok], S_site[ok], s_edges=s_edges, u=u,
+                                              n_boot=n_boot, seed=seed)
+    if ys is not None:
+        measured["yield_a"], measured["yield_b"] = ys.a, ys.b
+    scalars = {"time_per_frame": _scalar("time_per_frame", measured.get("time_per_frame"), ph, notes)}
+    dt = scalars["time_per_frame"].value if scalars["time_per_frame"].n > 0 else None
+    for name in SCALARS:
+        if name not in scalars and (name in measured or name in REQUIRED_SCALARS):
+            scalars[name] = _scalar(name, measured.get(name), ph, notes, dt)
+    for kind in ("relaxed", "instantaneous"):  # nu follows from the (mean) lambda and mu
+        lam, mu, nu = (scalars[f"{x}_{kind}"] for x in ("lambda", "mu", "nu"))
+        if lam.n > 0 and mu.n > 0:
+            value = lam.value / (lam.value + 2 * mu.value)
+            # d nu = (2 mu d lambda - 2 lambda d mu) / (lambda + 2 mu)^2
+            err = 2 * math.hypot(mu.value * lam.error, lam.value * mu.error) / (
+                lam.value + 2 * mu.value) ** 2
+            scalars[f"nu_{kind}"] = replace(nu, value=value, error=err, n=min(lam.n, mu.n),
+                                            flag=None)
+    curves = {}
+    p_s = p_s_sites(sites.sites) if sites.sites.size else None
+    candidates = {
+        "c0": sc.calibration_curve("c0"),
+        "c1": meas.softness_change_near.calibration_curve("c1"),
+        "p_s": p_s,
+        "yield_strain": ys_table,
+        "g2": g2_entry(meas.pair_correlation),
+        "strain_profiles": strain_profiles_entry(sf),
+        "frame_times": histogram_entry(meas.frame_time_hist),
+        "p_s_particles": p_s_sites(sites.particles) if sites.particles.size else None,
+        "p_s_rearrangers": p_s_sites(sites.rearrangers) if sites.rearrangers.size else None,
+    }
+    by_lag = {}
+    for label, y in meas.yield_strain.items():
+        entry = yield_table_entry(y, f"yield strain vs particle softness, window {label}")
+        if entry is not None and _valid_curve("yield_strain_by_lag", {label: entry}, ph) is None:
+            by_lag[label] = entry
+    candidates["yield_strain_by_lag"] = by_lag or None
+    for name, curve in candidates.items():
+        why = _valid_curve(name, curve, ph)
+        if why is None:
+            curves[name] = curve
+        elif name in REQUIRED_CURVES:
+            notes.append(f"{name}: placeholder curve ({why.splitlines()[0][:160]})")
+            curves[name] = ph.curves[name]
+        else:
+            log.info("optional curve %s left out: %s", name, why.splitlines()[0][:160])
+    calibrated = not notes
+    desc = ("Calibration measured from particle trajectories by step-calibrate."
+            if calibrated else
+            "Calibration from particle trajectories by step-calibrate, NOT fully calibrated: "
+            "these required entries are placeholders: " + "; ".join(notes))
+    cal = Calibration(scalars=scalars, curves=curves, calibrated=calibrated, description=desc,
+                      code_version=code_version, inputs=list(meas.inputs), config=config_yaml,
+                      source="step-calibrate")
+    cal.dumps()  # validates the whole file
+    return cal, notes
