@@ -14,6 +14,22 @@ def _fmt(x, digits=4):
     return "NaN" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
 
 
+def _log(ax, x=True, y=True):
+    """Log axes where the plotted data allow it (thin data may plot nothing)."""
+    xs, ys = [], []
+    for line in ax.get_lines():
+        xs.append(np.asarray(line.get_xdata(), float))
+        ys.append(np.asarray(line.get_ydata(), float))
+    for coll in ax.collections:
+        off = np.asarray(coll.get_offsets(), float).reshape(-1, 2)
+        xs.append(off[:, 0])
+        ys.append(off[:, 1])
+    for flag, data, setter in ((x, xs, ax.set_xscale), (y, ys, ax.set_yscale)):
+        vals = np.concatenate(data) if data else np.empty(0)
+        if flag and np.any(np.isfinite(vals) & (vals > 0)):
+            setter("log")
+
+
 def _errorbar(ax, r, v, e, **kw):
     r, v, e = (np.asarray(x, float) for x in (r, v, e))
     ok = np.isfinite(v)
@@ -35,8 +51,7 @@ def _fig_strain(meas):
             rr = np.linspace(max(c.r[0], 0.5), c.r[-1], 100)
             ax.plot(rr, q.value / rr**2 + (bg.value if bg is not None and math.isfinite(bg.value) else 0),
                     "k-", lw=1, label=f"{fit}/r^2 + bg, {fit} = {_fmt(q.value, 3)}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log(ax)
         ax.set_xlabel("r (small diameters)")
         ax.legend(fontsize=7)
     for name in ("k", "k_iso"):
@@ -65,7 +80,7 @@ def _fig_g2(meas):
             rr = np.linspace(*f["amplitude"].fit_range, 50)
             ax.plot(rr, f["sign"] * f["amplitude"].value * rr ** -f["exponent"].value, "-",
                     color=f"C{i}", lw=1)
-    ax.set_xscale("log")
+    _log(ax, y=False)
     ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_xlabel("r")
     ax.set_ylabel("g2(r, df) - 1")
@@ -87,8 +102,8 @@ def _fig_softness_change(meas):
             rr = np.linspace(*fit["amplitude"].fit_range, 50)
             ax.plot(rr, fit["sign"] * fit["amplitude"].value * rr ** -fit["exponent"].value, "k-",
                     lw=1, label=f"power law, exponent {_fmt(fit['exponent'].value, 3)}")
+        _log(ax, y=False)
         ax.axhline(0, color="k", lw=0.5)
-        ax.set_xscale("log")
         ax.set_xlabel("r")
         ax.legend(fontsize=7)
     return fig, ("Softness change per frame of a particle at r from a rearranger: "
@@ -112,8 +127,9 @@ def _fig_yield(meas):
                             color=f"C{i}")
     ax.set_xlabel("softness S at the window start")
     ax.set_ylabel("eps_dev at onset")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    _log(ax, x=False)
+    if ax.get_lines():
+        ax.legend(fontsize=7)
     return fig, ("Yield strain vs softness: eps_dev of the neighbourhood accumulated over a "
                  "window before a rearrangement starts; medians with bootstrap errors, bands "
                  "from the lowest to the highest quantile level.")
@@ -146,7 +162,8 @@ def _fig_misc(meas, cal):
     h = cal.curves.get("frame_times")
     if h is not None:
         c = np.sqrt(h["edges"][1:] * h["edges"][:-1])
-        axes[2].loglog(c, h["density"], "o-", ms=3)
+        axes[2].plot(c, h["density"], "o-", ms=3)
+        _log(axes[2])
         axes[2].set_xlabel("time between particle frames")
         axes[2].set_title("frame times", fontsize=9)
     return fig, ("D2min spatial correlation with its fit; P(S) of site-averaged and particle "

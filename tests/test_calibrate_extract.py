@@ -1,10 +1,9 @@
 """calibrate/extract.py and calibrate/compression.py on a real (small) AQS
 trajectory with its analysis file, and the compression fit on planted data.
 
-One trajectory (N = 128, d_gamma = 1e-3 up to 0.12, seed 1: 121 steps, 10
-avalanches, 40 avalanche frames) is made once per module, with a tiny
-softness model and its analysis.h5 (the recipe of
-test_particles_softness_cli.py). With the SPEC.md isolation rule it has no
+The trajectory is the session fixture ``small_run`` of tests/conftest.py
+(N = 128, d_gamma = 1e-3 up to 0.12, seed 1: 121 steps, 10 avalanches, 40
+avalanche frames) with a tiny softness model and its analysis.h5. With the SPEC.md isolation rule it has no
 isolated pair (far particles reach 0.2-0.3 d_soft in this small box), which
 tests the thin-data path; a looser quiet level (QUIET_LOOSE) gives a few
 isolated pairs to check the extraction against the raw arrays.
@@ -20,36 +19,18 @@ from step_epm.calibrate.compression import (CompressionEvent, compression_fit, f
                                             region)
 from step_epm.calibrate.extract import ExtractParams, extract, measure
 from step_epm.config_checks import ConfigError
-from step_epm.particles.analysis_file import SoftnessAnalysis, analyse_trajectory
-from step_epm.particles.aqs import run_aqs
-from step_epm.particles.config import OutputConfig, ParticlesConfig, ShearConfig, SystemConfig
 from step_epm.particles.rearrangements import (D_LARGE, D_SMALL, local_deformation,
                                                rearrangers)
-from step_epm.particles.softness import EnsembleParams, train_ensemble
-from step_epm.particles.softness_config import TrainingConfig
+from step_epm.particles.analysis_file import SoftnessAnalysis
 from step_epm.particles.trajectory import Trajectory
-from step_epm.particles.training_set import build_training_set
 
-N, D_GAMMA, GAMMA_END, SEED = 128, 1e-3, 0.12, 1
-R_LISTS = [np.arange(0.8, 3.01, 0.2), np.arange(0.9, 3.11, 0.3)]
 QUIET_LOOSE = 0.5
 FAST = dict(n_boot=10)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    cfg = ParticlesConfig(system=SystemConfig(n=N, seed=SEED),
-                          shear=ShearConfig(d_gamma=D_GAMMA, gamma_end=GAMMA_END),
-                          output=OutputConfig(plots=False, progress=False),
-                          output_dir=str(tmp_path_factory.mktemp("extract") / "run"))
-    traj = run_aqs(cfg, "test: extract").path
-    tset = build_training_set([traj], TrainingConfig(quiet_steps=5))
-    feats = tset.features([traj], R_LISTS)
-    m = train_ensemble(feats, tset.label, tset.species, R_LISTS,
-                       EnsembleParams(n_subsets=2, n_seeds=1, subset_size=10))
-    mpath = tmp_path_factory.mktemp("model") / "model.h5"
-    m.save(mpath)
-    return traj, analyse_trajectory(traj, m, mpath)
+def files(small_run):
+    return small_run.traj, small_run.analysis
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +135,7 @@ def test_all_rearranger_events_are_cropped(files, raw):
     Lx, Ly = raw["box"]
     for ev in evs:
         d = _brute_distance(ev.pos, ev.origin, Lx, Ly, ev.box[2])
-        assert 0 < len(ev.pos) < N and np.all(d <= 3.0 + 1e-12)
+        assert 0 < len(ev.pos) < len(raw["radii"]) and np.all(d <= 3.0 + 1e-12)
         assert len(ev.S) == len(ev.dS) == len(ev.k) == len(ev.pos)
 
 
@@ -225,7 +206,7 @@ def test_measure_thin_data_and_end_to_end(files):
     assert np.isfinite(m.self_change.value)
     assert np.any(np.isfinite(m.pair_correlation.radial[0].value))
     with Trajectory(traj) as t:
-        assert m.number_density.value == pytest.approx(N / np.prod(t.box_lengths))
+        assert m.number_density.value == pytest.approx(t.n_particles / np.prod(t.box_lengths))
     for q in m.elastic.values():
         assert np.isfinite(q.value) and q.n == 1
     assert [x["sha256"] for x in m.inputs] and len(m.inputs) == 2

@@ -4,10 +4,9 @@ file, the ``step-softness`` command line, its config errors, and resume
 after SIGKILL at chosen points (STEP_SOFTNESS_KILL_AT hook of
 particles/analysis_file.py).
 
-One trajectory (N = 128, d_gamma = 1e-3 up to 0.12, seed 1: 120 steps, a
-few avalanches with 15-30 rearrangers per species across their frames) is
-made once per module; training uses a tiny ensemble so that the whole file
-runs in well under a minute after compilation.
+The trajectory, training set and tiny model are the session fixture
+``small_run`` of tests/conftest.py (N = 128, 120 steps, a few avalanches
+with 15-30 rearrangers per species across their frames).
 """
 
 import os
@@ -18,49 +17,39 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import SMALL_RUN
 
 from step_epm.config_checks import ConfigError
 from step_epm.particles.analysis_file import FIELDS, SoftnessAnalysis, analyse_trajectory, validate
-from step_epm.particles.aqs import run_aqs
-from step_epm.particles.config import OutputConfig, ParticlesConfig, ShearConfig, SystemConfig
 from step_epm.particles.rearrangements import local_deformation
-from step_epm.particles.softness import EnsembleParams, SoftnessModel, train_ensemble
+from step_epm.particles.softness import SoftnessModel
 from step_epm.particles.softness_config import TrainingConfig
 from step_epm.particles.structure import structure_function_sets
 from step_epm.particles.trajectory import Trajectory
 from step_epm.particles.training_set import build_training_set
 
-N, D_GAMMA, GAMMA_END, SEED = 128, 1e-3, 0.12, 1
-QUIET = 5
-R_LISTS = [np.arange(0.8, 3.01, 0.2), np.arange(0.9, 3.11, 0.3)]
+QUIET = SMALL_RUN["quiet_steps"]
+R_LISTS = SMALL_RUN["r_lists"]
+D_GAMMA = SMALL_RUN["d_gamma"]
 TINY = ["ensemble.subset_size=10", "ensemble.n_subsets=2", "ensemble.n_seeds=1",
-        "'ensemble.r_lists=[[0.8,3.0,0.2],[0.9,3.0,0.3]]'", f"training.quiet_steps={QUIET}",
+        "ensemble.r_lists=[[0.8,3.0,0.2],[0.9,3.0,0.3]]", f"training.quiet_steps={QUIET}",
         "output.progress=false", "output.block=16"]
 TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def traj(tmp_path_factory):
-    cfg = ParticlesConfig(system=SystemConfig(n=N, seed=SEED),
-                          shear=ShearConfig(d_gamma=D_GAMMA, gamma_end=GAMMA_END),
-                          output=OutputConfig(plots=False, progress=False),
-                          output_dir=str(tmp_path_factory.mktemp("softness") / "run"))
-    return run_aqs(cfg, "test: softness").path
+def traj(small_run):
+    return small_run.traj
 
 
 @pytest.fixture(scope="module")
-def tset(traj):
-    return build_training_set([traj], TrainingConfig(quiet_steps=QUIET))
+def tset(small_run):
+    return small_run.training_set
 
 
 @pytest.fixture(scope="module")
-def model(traj, tset, tmp_path_factory):
-    feats = tset.features([traj], R_LISTS)
-    m = train_ensemble(feats, tset.label, tset.species, R_LISTS,
-                       EnsembleParams(n_subsets=2, n_seeds=1, subset_size=10))
-    path = tmp_path_factory.mktemp("model") / "model.h5"
-    m.save(path)
-    return m, path
+def model(small_run):
+    return small_run.model, small_run.model_path
 
 
 def test_frame_sequence_is_the_global_order(traj):
@@ -181,7 +170,7 @@ def _env(kill_at=None):
 
 def _cli(traj, out, extra=(), kill_at=None):
     cmd = [sys.executable, "-m", "step_epm.particles.softness_cli", f"trajectories=[{traj}]",
-           *[a.strip("'") for a in TINY], *extra, f"output_dir={out}"]
+           *TINY, *extra, f"output_dir={out}"]
     return subprocess.run(cmd, env=_env(kill_at), capture_output=True, text=True,
                           timeout=TIMEOUT, cwd=str(out.parent))
 
@@ -193,16 +182,21 @@ def _fields(path):
 
 @pytest.fixture(scope="module")
 def cli_run(traj, model, tmp_path_factory):
-    """An uninterrupted step-softness run (subprocess; kernels are warm)."""
-    out = tmp_path_factory.mktemp("cli") / "soft"
-    r = _cli(traj, out)
+    """An uninterrupted step-softness run (subprocess; kernels are warm) on a
+    copy of the trajectory; returns (output dir, the copy)."""
+    root = tmp_path_factory.mktemp("cli")
+    copy = root / "t" / "trajectory.h5"
+    copy.parent.mkdir()
+    copy.write_bytes(traj.read_bytes())
+    out = root / "soft"
+    r = _cli(copy, out)
     assert r.returncode == 0, r.stderr[-3000:]
-    return out
+    return out, copy
 
 
-def test_cli_outputs(cli_run, traj):
+def test_cli_outputs(cli_run):
     import json
-    out = cli_run
+    out, traj = cli_run
     m = SoftnessModel.load(out / "model.h5")
     assert m.n_hyperplanes(0) == m.n_hyperplanes(1) == 2 * 2 * 1
     assert m.provenance["trajectories"] == [str(traj.resolve())]
@@ -215,21 +209,23 @@ def test_cli_outputs(cli_run, traj):
     validate(traj.with_name("analysis.h5"))
 
 
-def test_cli_resume_after_kill_is_identical(cli_run, traj, tmp_path):
+def test_cli_resume_after_kill_is_identical(cli_run, tmp_path):
+    out0, traj = cli_run
     ref = _fields(traj.with_name("analysis.h5"))
     # a copy of the trajectory so that its analysis.h5 is written afresh
     t2 = tmp_path / "t" / "trajectory.h5"
     t2.parent.mkdir()
     t2.write_bytes(traj.read_bytes())
     out = tmp_path / "soft"
-    r = _cli(t2, out, ["model=" + str(cli_run / "model.h5")], kill_at="block:3")
+    model = "model=" + str(out0 / "model.h5")
+    r = _cli(t2, out, [model], kill_at="block:3")
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     blocks = sorted((t2.parent / "analysis.h5.parts").glob("block-*.h5"))
     assert len(blocks) == 3 and not (t2.parent / "analysis.h5").exists()
-    r = _cli(t2, out, ["model=" + str(cli_run / "model.h5")], kill_at="merge:1")
+    r = _cli(t2, out, [model], kill_at="merge:1")
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert not (t2.parent / "analysis.h5").exists()
-    r = _cli(t2, out, ["model=" + str(cli_run / "model.h5")])
+    r = _cli(t2, out, [model])
     assert r.returncode == 0, r.stderr[-3000:]
     got = _fields(t2.with_name("analysis.h5"))
     for k in FIELDS:
