@@ -74,9 +74,15 @@ skipped without reading positions (no rearranger there).
    species) of its pairs (as in 3) and eps_dev (F_a, N) of the same rows ->
    ``events.find_rearrangements`` (runs of consecutive flagged pairs).
    Relaxation, per rearrangement (consecutive flagged pairs f0 -> e_end,
-   found in the same pass, any pair): e_el = (e1, e2) of the since_last
-   fit (frame e -> f0; rearrangements without a previous one are left
-   out), de = (e1, e2) of one J fit from f0 to e_end. Self change: softness
+   found in the same pass, any pair): the local elastic deviatoric strain
+   is read from the local stress, e_el = (s1, s2)(f0) / (2 mu) with
+   s1 = (sigma_xx - sigma_yy)/2, s2 = sigma_xy the deviatoric stress of the
+   particle's neighbourhood (sum of the per-particle virials of the
+   particles within ``stress_radius`` of it, over the disk's area) and mu
+   the relaxed shear modulus of the file's packing; de = the same at
+   e_end minus at f0. (A strain fit since the last rearrangement is no
+   measure of the elastic strain: it holds the plastic strain of other
+   rearrangements and has no stress-free reference.) Self change: softness
    at e_end minus softness at f0. Frame times: consecutive differences of
    the frame table's ``time`` within each avalanche (its saved frames; the
    last frame -> minimised state interval is not a full frame and is left
@@ -113,8 +119,11 @@ from step_epm.config_checks import ConfigError, check_choice, check_range
 from step_epm.provenance import file_sha256
 
 from ..particles.analysis_file import SoftnessAnalysis
-from ..particles.rearrangements import (d2min_correlation, correlation_length, isolated_rearranger,
-                                        local_deformation, minimum_image_distance, rearrangers)
+from ..particles.potential import evaluate
+from ..particles.rearrangements import (correlation_length, d2min_correlation, isolated_rearranger,
+                                        local_deformation, minimum_image_distance,
+                                        neighbour_images, rearrangers)
+from ..particles.state import State
 from ..particles.trajectory import Trajectory
 from . import compression as comp
 from .correlations import pair_correlation
@@ -158,6 +167,9 @@ class ExtractParams:
     corr_frames ("isolated"), corr_r_max (10), corr_dr (0.5; coarser than
     the neighbour-shell structure), corr_floor (0.05), corr_model ("exp"):
     D2min correlation length, fitted from the first bin with pairs.
+    stress_radius (2.5): radius of the neighbourhood whose stress gives a
+    rearranger's local elastic strain (relaxation, definition 5; its area
+    is about one lattice site).
     compression_radius (3.0), compression_min_events (2),
     compression_source ("isolated": the isolated events of definition 1;
     "onsets": every onset of definition 4 inside an avalanche, for data
@@ -192,6 +204,7 @@ class ExtractParams:
     corr_dr: float = 0.5
     corr_floor: float = 0.05
     corr_model: str = "exp"
+    stress_radius: float = 2.5
     compression_radius: float = 3.0
     compression_source: str = "isolated"
     compression_min_events: int = 2
@@ -244,6 +257,7 @@ class ExtractParams:
         check_range(p + "corr_dr", self.corr_dr, 0.0, self.corr_r_max, lo_open=True)
         check_range(p + "corr_floor", self.corr_floor, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(p + "compression_radius", self.compression_radius, 0.0, lo_open=True)
+        check_range(p + "stress_radius", self.stress_radius, 0.0, lo_open=True)
         check_range(p + "seed", self.seed, 0)
 
 
@@ -303,7 +317,7 @@ class Extract:
     """Everything one pass over one trajectory collects (see the module
     docstring for the definitions). ``rearrangements``: one
     ``events.Rearrangements`` per avalanche; ``e_el``, ``de`` (n, 2) and
-    ``self_dS`` (n,) per rearrangement with a previous one (relaxation);
+    ``self_dS`` (n,) per rearrangement (relaxation, definition 5);
     ``self_dS_all`` (m,) the self change of every rearrangement; ``dt``
     frame intervals; ``corr`` (r, sum of C x pairs, pairs) per bin;
     ``compression`` [CompressionEvent]; ``elastic`` the file's
@@ -407,6 +421,21 @@ class _Source:
         """Rows lo..hi are consecutive global frames."""
         return lo >= 0 and int(self.seq["frame"][hi] - self.seq["frame"][lo]) == hi - lo
 
+    def local_dev_stress(self, i, idx):
+        """(len(idx), 2) deviatoric stress (s1, s2) of the disks of radius
+        ``stress_radius`` around particles ``idx`` in row i: the sum of the
+        per-particle virials (particle i included) over the disk area."""
+        x = self.pos(i)
+        state = State(x, self.radii, self.Lx, self.Ly, float(self.seq["gamma"][i]))
+        vir = evaluate(state).virial_per_particle
+        R = self.p.stress_radius
+        off, nbr, _, _ = neighbour_images(x, *self.box(i), R)
+        out = np.empty((len(idx), 2))
+        for j, k in enumerate(idx):
+            v = vir[k] + vir[nbr[off[k]:off[k + 1]]].sum(axis=0)
+            out[j] = 0.5 * (v[0, 0] - v[1, 1]), 0.5 * (v[0, 1] + v[1, 0])
+        return out / (np.pi * R * R)
+
     def deformation(self, lo, hi):
         return local_deformation(self.pos(lo), self.pos(hi), self.radii, *self.box(lo),
                                  *self.box(hi))
@@ -472,7 +501,7 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
     last_end = np.full(n, -1, np.int64)       # e: second frame of the last rearranging pair
     last_S = np.full(n, np.nan)               # softness at e
     onset_row = np.full(n, -1, np.int64)      # f0 of the running rearrangement
-    onset_el = np.full((n, 2), np.nan)        # its e_el (since_last fit)
+    mu_relaxed = float(src.t.elastic().get("relaxed", {}).get("mu", np.nan))
     prev_flags = np.zeros(n, bool)
     cur_av = None                             # [id, flags rows, eps rows, g2 frames]
     upd, done = _progress(progress, F, desc)
@@ -507,15 +536,13 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
             g = idx[onset_row[idx] == f0]
             S0 = src.row("softness", int(f0))
             self_all.append(S_end[g] - S0[g])
-            has = np.isfinite(onset_el[g, 0])
-            if has.any() and src.contiguous(int(f0), e_end):
-                d = src.deformation(int(f0), e_end)
-                gg = g[has]
-                relax_el.append(onset_el[gg])
-                relax_de.append(np.column_stack([d.e1[gg], d.e2[gg]]))
-                relax_ds.append(S_end[gg] - S0[gg])
+            if mu_relaxed > 0:
+                s0 = src.local_dev_stress(int(f0), g)
+                s1 = src.local_dev_stress(e_end, g)
+                relax_el.append(s0 / (2 * mu_relaxed))
+                relax_de.append((s1 - s0) / (2 * mu_relaxed))
+                relax_ds.append(S_end[g] - S0[g])
         onset_row[idx] = -1
-        onset_el[idx] = np.nan
 
     for i in range(1, F):
         if i % 64 == 0:
@@ -580,7 +607,6 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
                     d = src.deformation(int(e), f0)
                     ons["since_last"].append((last_S[g], d.eps_dev[g], d.e1[g], d.e2[g], g,
                                               np.full(g.size, f0), np.full(g.size, int(e))))
-                    onset_el[g, 0], onset_el[g, 1] = d.e1[g], d.e2[g]
             if flags.any():
                 S_i = src.row("softness", i)
                 last_end[flags] = i
