@@ -27,9 +27,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from step_epm.config_checks import ConfigError, validated
+from step_epm.cli_support import register_hash_resolver, validate_and_run
+from step_epm.config_checks import validated
 
 from .config import CalibrateConfig, calibrate_hash
 
@@ -37,15 +38,7 @@ log = logging.getLogger(__name__)
 ConfigStore.instance().store(name="calibrate_schema", node=CalibrateConfig)
 
 
-def _hash_resolver(*, _root_):
-    try:
-        return calibrate_hash(_root_)
-    except ConfigError:  # reported with the field named by validate()
-        return "nomatch"
-
-
-if not OmegaConf.has_resolver("step_calibrate_hash"):
-    OmegaConf.register_new_resolver("step_calibrate_hash", _hash_resolver)
+register_hash_resolver("step_calibrate_hash", calibrate_hash)
 
 
 def validate(cfg: DictConfig) -> CalibrateConfig:
@@ -102,19 +95,8 @@ def _main(cfg: DictConfig) -> None:
     from ..particles.analysis_file import AnalysisError
     from ..particles.trajectory import TrajectoryError
 
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    try:
-        obj = validate(cfg)
-    except ConfigError as exc:
-        log.error("invalid config: %s", exc)
-        print(f"step-calibrate: invalid config: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
-        run(obj, resolved)
-    except (TrajectoryError, AnalysisError, CalibrationError) as exc:
-        log.error("%s", exc)
-        print(f"step-calibrate: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None
+    validate_and_run("step-calibrate", cfg, validate, run,
+                     (TrajectoryError, AnalysisError, CalibrationError))
 
 
 def main() -> None:

@@ -23,21 +23,19 @@ range named.
 """
 
 import logging
-import sys
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from step_epm.config_checks import ConfigError, validated
+from step_epm.cli_support import register_hash_resolver, validate_and_run
+from step_epm.config_checks import validated
 
 from .config import ParticlesConfig, physics_hash
 
 log = logging.getLogger(__name__)
 ConfigStore.instance().store(name="particles_schema", node=ParticlesConfig)
-if not OmegaConf.has_resolver("step_physics_hash"):
-    OmegaConf.register_new_resolver("step_physics_hash",
-                                    lambda *, _root_: physics_hash(_root_))
+register_hash_resolver("step_physics_hash", physics_hash)
 
 
 def validate(cfg: DictConfig) -> ParticlesConfig:
@@ -62,19 +60,7 @@ def run(cfg: ParticlesConfig, resolved_yaml: str):
 def _main(cfg: DictConfig) -> None:
     from .trajectory import TrajectoryError
 
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    try:
-        obj = validate(cfg)
-    except ConfigError as exc:
-        log.error("invalid config: %s", exc)
-        print(f"step-particles: invalid config: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
-        run(obj, resolved)
-    except TrajectoryError as exc:
-        log.error("%s", exc)
-        print(f"step-particles: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None
+    validate_and_run("step-particles", cfg, validate, run, (TrajectoryError,))
 
 
 def main() -> None:

@@ -16,8 +16,6 @@ Poisson ratio is nu = lambda / (lambda + 2 mu). Units: energy / length^2.
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from .minimize import NewtonSolver, minimize
 from .potential import evaluate
 from .state import State

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from step_epm.cli_support import register_hash_resolver, validate_and_run
 from step_epm.config_checks import ConfigError, validated
 
 from .softness_config import SoftnessConfig, softness_hash
@@ -39,15 +40,7 @@ log = logging.getLogger(__name__)
 ConfigStore.instance().store(name="softness_schema", node=SoftnessConfig)
 
 
-def _hash_resolver(*, _root_):
-    try:
-        return softness_hash(_root_)
-    except ConfigError:  # reported with the field named by validate()
-        return "nomatch"
-
-
-if not OmegaConf.has_resolver("step_softness_hash"):
-    OmegaConf.register_new_resolver("step_softness_hash", _hash_resolver)
+register_hash_resolver("step_softness_hash", softness_hash)
 
 
 def validate(cfg: DictConfig) -> SoftnessConfig:
@@ -199,19 +192,10 @@ def run(cfg: SoftnessConfig, resolved_yaml: str) -> dict:
 def _main(cfg: DictConfig) -> None:
     from .analysis_file import AnalysisError
     from .softness import SoftnessModelError
+    from .trajectory import TrajectoryError
 
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    try:
-        obj = validate(cfg)
-        run(obj, resolved)
-    except ConfigError as exc:
-        log.error("invalid config: %s", exc)
-        print(f"step-softness: invalid config: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (AnalysisError, SoftnessModelError) as exc:
-        log.error("%s", exc)
-        print(f"step-softness: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None
+    validate_and_run("step-softness", cfg, validate, run,
+                     (AnalysisError, SoftnessModelError, TrajectoryError))
 
 
 def main() -> None:
