@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 #: a required number whose error exceeds this multiple of its value is
 #: undetermined and replaced by the placeholder (with a flag)
 MAX_RELATIVE_ERROR = 1.0
+#: bins of the lattice's yield table over the onsets' site-S range
+YIELD_BINS = 6
 #: onset label whose yield strain the lattice uses (SPEC.md section 5)
 LATTICE_YIELD_LABEL = "since_last"
 
@@ -184,8 +186,10 @@ def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
         meas: extract.Measurements; sites: SiteSamples (site side sites.a);
         site_q: the site side as a Quantity (choose_site).
         s_edges: uniform softness bins of the lattice's yield table (site S;
-            default: 0.25 wide over the 1st-99th percentile of the onsets'
-            site S); u: quantile levels (default 0.02 ... 0.98).
+            default: YIELD_BINS bins from the 2nd to the 98th percentile of
+            the onsets' site S: site averaging narrows S, so fixed widths
+            would leave one or two bins); u: quantile levels (default 0.02
+            ... 0.98).
     Returns:
         (Calibration, notes): notes lists every placeholder used.
     """
@@ -209,10 +213,9 @@ def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
         S_site = sites.onset_site_S[LATTICE_YIELD_LABEL]
         ok = np.isfinite(S_site) & np.isfinite(o.eps) & (o.eps > 0)
         if ok.sum() >= 2:
-            if s_edges is None:
-                lo, hi = np.percentile(S_site[ok], [1, 99])
-                lo, hi = 0.25 * math.floor(lo / 0.25), 0.25 * math.ceil(hi / 0.25)
-                s_edges = np.arange(lo, hi + 0.125, 0.25) if hi > lo else np.array([lo, lo + 0.25])
+            if s_edges is None:  # YIELD_BINS uniform bins over the central 96 % of the onsets
+                lo, hi = np.percentile(S_site[ok], [2, 98])
+                s_edges = np.linspace(lo, hi, YIELD_BINS + 1) if hi > lo else np.array([lo, lo + 0.1])
             u = np.linspace(0.02, 0.98, 49) if u is None else u
             ys_table, ys = yield_strain_sites(o.eps[ok], S_site[ok], s_edges=s_edges, u=u,
                                               n_boot=n_boot, seed=seed)

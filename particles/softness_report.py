@@ -23,7 +23,7 @@ from .analysis_file import SoftnessAnalysis
 
 #: softness histogram bins (dimensionless: mean signed distance in
 #: standardised feature units)
-S_EDGES = np.linspace(-10.0, 10.0, 201)
+S_EDGES = np.linspace(-10.0, 10.0, 401)
 SPECIES = ("small", "large")
 
 
