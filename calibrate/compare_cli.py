@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from step_epm.cli_support import register_hash_resolver, validate_and_run
 from step_epm.config_checks import ConfigError, check_choice, check_range, validated
 
 log = logging.getLogger(__name__)
@@ -200,15 +200,7 @@ def compare_hash(cfg, length: int = 10) -> str:
 ConfigStore.instance().store(name="compare_schema", node=CompareConfig)
 
 
-def _hash_resolver(*, _root_):
-    try:
-        return compare_hash(_root_)
-    except Exception:  # reported with the field named by validate()
-        return "nomatch"
-
-
-if not OmegaConf.has_resolver("step_compare_hash"):
-    OmegaConf.register_new_resolver("step_compare_hash", _hash_resolver)
+register_hash_resolver("step_compare_hash", compare_hash)
 
 
 def validate(cfg: DictConfig) -> CompareConfig:
@@ -355,19 +347,8 @@ def _main(cfg: DictConfig) -> None:
     from ..particles.analysis_file import AnalysisError
     from ..particles.trajectory import TrajectoryError
 
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    try:
-        obj = validate(cfg)
-    except ConfigError as exc:
-        log.error("invalid config: %s", exc)
-        print(f"step-compare: invalid config: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
-        path = run(obj, resolved)
-    except (TrajectoryError, AnalysisError, CalibrationError, RunFileError) as exc:
-        log.error("%s", exc)
-        print(f"step-compare: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None
+    path = validate_and_run("step-compare", cfg, validate, run,
+                            (TrajectoryError, AnalysisError, CalibrationError, RunFileError))
     print(path)
 
 
