@@ -12,8 +12,8 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "2")
 
 import dataclasses  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from small_run_params import SMALL_RUN  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -24,12 +24,6 @@ class SmallRun:
     model: object         # particles.softness.SoftnessModel
     model_path: object    # Path of model.h5
     analysis: object      # Path of analysis.h5 (next to the trajectory)
-
-
-#: N = 128, d_gamma = 1e-3 up to 0.12, seed 1: 120 steps, a few avalanches
-#: with 15-30 rearrangers per species across their frames (about 10 s)
-SMALL_RUN = dict(n=128, d_gamma=1e-3, gamma_end=0.12, seed=1, quiet_steps=5,
-                 r_lists=[np.arange(0.8, 3.01, 0.2), np.arange(0.9, 3.11, 0.3)])
 
 
 @pytest.fixture(scope="session")

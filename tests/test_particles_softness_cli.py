@@ -17,7 +17,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import SMALL_RUN
+from small_run_params import SMALL_RUN
 
 from step_epm.config_checks import ConfigError
 from step_epm.particles.analysis_file import FIELDS, SoftnessAnalysis, analyse_trajectory, validate
