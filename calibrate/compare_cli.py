@@ -34,7 +34,6 @@ the field):
   output_dir: outputs/compare/<hash>
 """
 
-import hashlib
 import json
 import logging
 import math
@@ -49,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from step_epm.cli_support import register_hash_resolver, validate_and_run
 from step_epm.config_checks import ConfigError, check_choice, check_range, validated
+from step_epm.provenance import short_hash
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,7 @@ def compare_hash(cfg, length: int = 10) -> str:
     d["lattice"] = lat
     if d.get("calibration"):
         d["calibration"] = str(Path(d["calibration"]).resolve())
-    text = json.dumps(d, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return short_hash(d, length)
 
 
 ConfigStore.instance().store(name="compare_schema", node=CompareConfig)

@@ -9,12 +9,11 @@ the overdamped unit.
 """
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from step_epm.config_checks import ConfigError, check_range
+from step_epm.provenance import short_hash
 
 from ..particles.softness_config import match_trajectories
 from .extract import ExtractParams
@@ -117,5 +116,4 @@ def calibrate_hash(cfg, length: int = 10) -> str:
         from omegaconf import OmegaConf
         d = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("measure", "site")}
     d.update(trajectories=match_trajectories(list(cfg.trajectories)), analysis=str(cfg.analysis))
-    text = json.dumps(d, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return short_hash(d, length)

@@ -11,12 +11,11 @@ Units (SPEC.md section 0): lengths in small-particle diameters, energies in
 the pair prefactor, time in the overdamped unit (dx/dt = F, unit drag).
 """
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from step_epm.config_checks import check_range
+from step_epm.provenance import short_hash
 
 from .minimize import DescentParams
 
@@ -203,5 +202,4 @@ def physics_dict(cfg) -> dict:
 
 def physics_hash(cfg, length: int = 10) -> str:
     """Short sha256 of :func:`physics_dict` (canonical JSON, repr of floats)."""
-    text = json.dumps(physics_dict(cfg), sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return short_hash(physics_dict(cfg), length)

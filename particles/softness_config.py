@@ -7,14 +7,13 @@ D2min in length^2.
 """
 
 import glob
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from step_epm.config_checks import ConfigError, check_range
+from step_epm.provenance import short_hash
 
 from .rearrangements import D_LARGE, D_SMALL
 
@@ -155,5 +154,4 @@ def softness_hash(cfg, length: int = 10) -> str:
         from omegaconf import OmegaConf
         d = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("training", "ensemble")}
     d.update(trajectories=match_trajectories(list(cfg.trajectories)), model=str(cfg.model))
-    text = json.dumps(d, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return short_hash(d, length)

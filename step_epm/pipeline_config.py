@@ -14,11 +14,11 @@ YAML side: conf/pipeline.yaml and the presets conf/pipeline/{default,tiny,paper}
 ``step_epm.config_checks.ConfigError`` naming the field.
 """
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from .provenance import short_hash
 from step_epm.config_checks import ConfigError, check_choice, check_range
 
 #: The stages, in order.
@@ -247,5 +247,4 @@ def pipeline_hash(cfg, length: int = 10) -> str:
     parts = d.get("particles") or {}
     parts.pop("executor", None)
     parts.pop("slurm", None)
-    text = json.dumps(d, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return short_hash(d, length)

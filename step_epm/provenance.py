@@ -27,3 +27,13 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def short_hash(obj, length: int = 10) -> str:
+    """First ``length`` hex digits of the sha256 of ``obj`` as canonical JSON
+    (sorted keys, repr of anything JSON lacks): names run directories after
+    the config fields that determine their data."""
+    import json
+
+    text = json.dumps(obj, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
