@@ -239,8 +239,9 @@ def power_law(r, y, err, fit_range, sign=None):
     """Fit y = sign * A * r^-p on the points with r in ``fit_range`` and
     finite y (weights 1/err^2 when every err there is finite and > 0,
     else unweighted). ``sign`` (+1/-1) defaults to the sign of the
-    weighted mean of y in the range. Returns (A, p, sign, n_points);
-    A = p = NaN with fewer than 3 points or when the fit fails."""
+    weighted mean of y in the range; a fit that lands on A < 0 is
+    returned as (-A, -sign), so A >= 0 always. Returns (A, p, sign,
+    n_points); A = p = NaN with fewer than 3 points or when the fit fails."""
     r, y, err = (np.asarray(a, dtype=float) for a in (r, y, err))
     sel = (r >= fit_range[0]) & (r <= fit_range[1]) & np.isfinite(y) & (r > 0)
     rs, ys, es = r[sel], y[sel], err[sel]
@@ -265,6 +266,8 @@ def power_law(r, y, err, fit_range, sign=None):
         return math.nan, math.nan, sign, int(rs.size)
     if not (math.isfinite(A) and math.isfinite(p)):
         return math.nan, math.nan, sign, int(rs.size)
+    if A < 0:  # the same curve with the sign carried separately (A >= 0 by convention)
+        A, sign = -A, -sign
     return float(A), float(p), sign, int(rs.size)
 
 

@@ -512,3 +512,16 @@ def test_outputs_fill_the_calibration_file():
         [find_rearrangements(rng.random((5, 30)) < 0.3, rng.random((5, 30)))])["frames_per_rearrangement"]
     cal.scalars["time_per_frame"] = frame_times(rng.uniform(1, 5, 100))[1]
     cal.dumps()     # validates against the schema (raises CalibrationError otherwise)
+
+
+def test_power_law_amplitude_is_never_negative():
+    """A fit forced to the wrong sign lands on A < 0: it is returned as the
+    same curve with A >= 0 and the sign flipped (the calibration file
+    requires amplitude >= 0 with a separate sign)."""
+    from step_epm.calibrate.fits import power_law
+
+    r = np.linspace(1.0, 10.0, 20)
+    y = -0.3 * r**-2.0
+    A, p, sign, n = power_law(r, y, np.full(r.size, 1e-3), (1.0, 10.0), sign=+1)
+    assert n == 20 and sign == -1
+    assert A == pytest.approx(0.3, rel=1e-6) and p == pytest.approx(2.0, rel=1e-6)
