@@ -1,6 +1,6 @@
 """``step-pipeline``: the whole chain in one command.
 
-    step-pipeline                                  # default preset: the README's main command (~15 min, 2 cores)
+    step-pipeline                                  # default preset: the README's main command (6-8 min, 2 cores)
     step-pipeline pipeline=tiny                    # a 1-3 minute smoke test
     step-pipeline pipeline=paper dry_run=true      # print the SLURM jobs it would submit
     step-pipeline pipeline=paper particles.slurm.partition=compute
