@@ -14,6 +14,11 @@ round-off, tests/test_lattice_numpy_reference.py). Reported per L: ms per
 frame and rearrangements per second of both (best of several rounds, each
 from the same state), the ratio numpy / ours, and the mean number of
 rearranging sites per frame; printed and stored in benchmark.extra_info.
+
+``test_lattice_transform_frames``: the same avalanches at L = 256 with
+realspace_max_sources = 0, so every frame uses the whole-field transforms
+(the dense regime's frame cost, which does not depend on the number of
+busy sites; ours only).
 """
 
 import time
@@ -79,3 +84,24 @@ def test_lattice_frames(benchmark, L):
     print(f"\nL={L}: {frames} frames, {rearr} rearrangements ({info['sources_per_frame']:.2f} busy sites "
           f"per frame, gamma {state['gamma']:.4f}): ours {ms:.3f} ms/frame, {rearr / ours:.0f} rearr/s; "
           f"numpy {ms_np:.3f} ms/frame, {rearr / theirs:.0f} rearr/s; ratio numpy/ours {ms_np / ms:.1f}")
+
+
+@pytest.mark.parametrize("L", [256])
+def test_lattice_transform_frames(benchmark, L):
+    model = STEPModel(L, load_calibration(), ModelOptions(), seed=0, threads=1, snapshots=False)
+    _run(model, WARMUP)
+    state = model.get_state()
+    dense = STEPModel(L, load_calibration(), ModelOptions(), seed=0, threads=1, snapshots=False,
+                      realspace_max_sources=0)
+    n = AVALANCHES[L]
+
+    def restored():
+        dense.set_state(state)
+        return dense
+
+    ours, frames, rearr = _best(restored, n, ROUNDS_OURS)
+    benchmark.pedantic(_run, setup=lambda: ((restored(), n), {}), rounds=ROUNDS_OURS, iterations=1)
+    ms = 1e3 * ours / frames
+    benchmark.extra_info.update({"L": L, "frames": frames, "rearrangements": rearr,
+                                 "transform_ms_per_frame": ms})
+    print(f"\nL={L}, transforms every frame: {frames} frames, {rearr} rearrangements: {ms:.3f} ms/frame")

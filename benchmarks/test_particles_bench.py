@@ -23,6 +23,8 @@ from step_epm.particles.potential import NeighbourList
 from lammps_reference import LammpsHertzian, lammps_available
 
 pytestmark = pytest.mark.benchmark
+# NewtonSolver settings that reproduce the solver of before 2026-11-25
+LEGACY_NEWTON = dict(hsec=0.0, open_single=False, project=False)
 SIZES = [1000, 4000, 16000, 100000]
 _states = {}
 
@@ -106,28 +108,44 @@ def test_aqs_step(benchmark):
     """AQS steps at N = 4000: shear 1e-4 from a minimised state, re-minimise to
     1e-12; STEPS consecutive steps with one NewtonSolver (its LU carried from
     step to step, as in a run), timed per step. LAMMPS FIRE (lepton and
-    table) minimises the same sheared states."""
-    steps = 5
+    table) minimises the same sheared states. The Newton solver of before
+    2026-11-25 (NewtonSolver(**LEGACY_NEWTON)) runs the same steps in the same
+    process, rounds interleaved, for the before/after ratio."""
+    steps, rounds = 5, 2
     base, _ = minimize(random_state(4000, 0.9, seed=0), 1e-12, raise_on_failure=True)
-    starts, stats = [], []
+    starts, stats, legacy_stats, legacy_times = [], [], [], []
 
-    def run():
-        solver = NewtonSolver()
+    def run(kwargs, out):
+        solver = NewtonSolver(**kwargs)
         solver.factorize(base)
         state = base
-        starts.clear()
-        stats.clear()
+        out.clear()
+        first = out is stats
+        if first:
+            starts.clear()
         for _ in range(steps):
-            starts.append(state.sheared(1e-4))
-            state, res = minimize(starts[-1], 1e-12, solver=solver, raise_on_failure=True)
-            stats.append((res.method, res.force_evals, res.newton_solves, res.factorizations))
+            start = state.sheared(1e-4)
+            if first:
+                starts.append(start)
+            state, res = minimize(start, 1e-12, solver=solver, raise_on_failure=True)
+            out.append((res.method, res.force_evals, res.newton_solves, res.factorizations))
 
-    benchmark.pedantic(run, rounds=2)
+    def run_legacy():
+        t = time.perf_counter()
+        run(LEGACY_NEWTON, legacy_stats)
+        legacy_times.append(time.perf_counter() - t)
+
+    # the setup of each round times the legacy solver just before ours
+    benchmark.pedantic(lambda: run({}, stats), setup=run_legacy, rounds=rounds)
     ours = benchmark.stats.stats.median / steps
+    legacy = float(np.median(legacy_times)) / steps
     benchmark.extra_info["per_step_s"] = ours
     benchmark.extra_info["steps"] = stats
+    benchmark.extra_info["legacy_newton_per_step_s"] = legacy
+    benchmark.extra_info["legacy_newton_steps"] = legacy_stats
     line = (f"\nAQS step N=4000, mean over {steps} steps: ours {ours * 1e3:.1f} ms "
-            f"(method, force evaluations, solves, factorisations per step: {stats})")
+            f"(method, force evaluations, solves, factorisations per step: {stats}); "
+            f"legacy Newton {legacy * 1e3:.1f} ms ({legacy_stats}), ratio {legacy / ours:.2f}")
     for style in ("table", "lepton"):
         total, evals = 0.0, 0
         for start in starts:

@@ -176,18 +176,29 @@ def relax_and_check(k, s, kt, b, soft_on, e1, e2, r1, r2, u, busy, ytab, s0, sin
 
 
 @njit(cache=True)
-def scatter_sources(src, dp1, dp2, p1, p2, nn):
-    """Source fields for the transform path: p1, p2 (plastic increments) and
-    nn (1 per rearranging site). Overwrites the fields."""
-    L = p1.shape[1]
-    p1[:] = 0.0
-    p2[:] = 0.0
-    nn[:] = 0.0
+def source_rows(src, dp1, dp2, ey, z, clear):
+    """First (row) stage of the forward transforms of the transform path's
+    source fields p1, p2 (plastic increments) and nn (1 per rearranging
+    site): a source at (sx, sy) with amplitude a adds a ey[sy, :] to row sx
+    of the half-spectrum row transforms z[0], z[1], z[2] (ey[y, k] =
+    exp(-2 pi i y k / L)); every other row stays zero. With clear, the rows
+    of src are zeroed instead (after the column transforms), so z is zero
+    between frames."""
+    L = z.shape[1]
+    n2 = z.shape[2]
     for j in range(src.size):
-        ix, iy = src[j] // L, src[j] % L
-        p1[ix, iy] += dp1[j]
-        p2[ix, iy] += dp2[j]
-        nn[ix, iy] += 1.0
+        sx, sy = src[j] // L, src[j] % L
+        if clear:
+            for c in range(3):
+                for k in range(n2):
+                    z[c, sx, k] = 0.0
+            continue
+        a1, a2 = dp1[j], dp2[j]
+        for k in range(n2):
+            e = ey[sy, k]
+            z[0, sx, k] += a1 * e
+            z[1, sx, k] += a2 * e
+            z[2, sx, k] += e
 
 
 @njit(cache=True)
@@ -253,18 +264,32 @@ def transient_step(Kt, decay, J, ring, age_slot, dkt):
     Kt <- decay Kt + sum over source ages m of J[m] ring[age_slot[m]]
     (age_slot[m] = -1: no sources of that age); dkt = the change.
     ``ring[age_slot[m]]`` is the source spectrum of the rearrangements that
-    started m frames ago (m = 0: this frame)."""
-    n1, n2 = Kt.shape
+    started m frames ago (m = 0: this frame).
+
+    The complex spectra come as float64 views (real and imaginary parts
+    interleaved): Kt, dkt (n1, 2 n2), ring (M, n1, 2 n2); decay (n1, n2) and
+    J (M, n1, n2) real. One row at a time into an L1-resident buffer, ages
+    in increasing order (the same operations per element as the complex
+    form: decay Kt, then + J[m] ring[m] for m = 0, 1, ...)."""
+    n1, n2 = decay.shape
     M = J.shape[0]
+    row = np.empty(2 * n2)
     for i in range(n1):
         for j in range(n2):
-            new = decay[i, j] * Kt[i, j]
-            for m in range(M):
-                sl = age_slot[m]
-                if sl >= 0:
-                    new += J[m, i, j] * ring[sl, i, j]
-            dkt[i, j] = new - Kt[i, j]
-            Kt[i, j] = new
+            d = decay[i, j]
+            row[2 * j] = d * Kt[i, 2 * j]
+            row[2 * j + 1] = d * Kt[i, 2 * j + 1]
+        for m in range(M):
+            sl = age_slot[m]
+            if sl >= 0:
+                for j in range(n2):
+                    w = J[m, i, j]
+                    row[2 * j] += w * ring[sl, i, 2 * j]
+                    row[2 * j + 1] += w * ring[sl, i, 2 * j + 1]
+        for jj in range(2 * n2):
+            v = row[jj]
+            dkt[i, jj] = v - Kt[i, jj]
+            Kt[i, jj] = v
 
 
 @njit(cache=True)

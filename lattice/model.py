@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pyfftw
 
 from . import dynamics as dyn
 from .calibration import Calibration, CalibrationError
@@ -200,6 +201,13 @@ class LatticeParams:
                    comp_w=cal["compression_width"] / dt if vol else 1.0,
                    n_frames=n_frames, phi=cal["relaxed_fraction"], b=b,
                    self_change=self_change, self_frame=self_change / (n_frames * n_site))
+
+
+def _aligned_zeros(shape, dtype):
+    """Zeroed SIMD-aligned array (for FFTW plans on it)."""
+    a = pyfftw.empty_aligned(shape, dtype=dtype)
+    a[...] = 0
+    return a
 
 
 # --------------------------------------------------------------------------
@@ -416,10 +424,23 @@ class STEPModel:
         self._clear_transient()
         self._smean = None
 
-        # work buffers
-        self._inc = np.zeros((5, L, L))
-        self._pf = np.zeros((3, L, L))
-        self._spec = np.zeros((5, L, h), dtype=complex)
+        # work buffers of the transform path; its FFTW plans (FFTW_ESTIMATE:
+        # deterministic) work in place on them, without copies in and out. The
+        # inverse transforms are EshelbyKernels.irfft2's plan (the same bits).
+        # The forward transforms of the (sparse) source fields: their row
+        # transforms are phase rows (dynamics.source_rows: only the rows with
+        # sources are non-zero), then FFTW column transforms.
+        self._inc = _aligned_zeros((5, L, L), float)
+        self._zrow = _aligned_zeros((3, L, h), complex)
+        self._pspec = _aligned_zeros((3, L, h), complex)
+        self._spec = _aligned_zeros((5, L, h), complex)
+        n = np.arange(L)
+        self._eyq = np.exp(-2j * np.pi * ((n[:, None] * n[None, :h]) % L) / L)  # exp(-i qy y), exact argument
+        self._fwd = [pyfftw.FFTW(self._zrow[c], self._pspec[c], axes=(0,), direction="FFTW_FORWARD",
+                                 flags=("FFTW_ESTIMATE",), threads=self.threads) for c in range(3)]
+        self._inv = [pyfftw.FFTW(self._spec[c], self._inc[c], axes=(0, 1), direction="FFTW_BACKWARD",
+                                 flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=self.threads)
+                     for c in range(5)]
         self._done = np.zeros(L * L, dtype=np.int64)
         self._over = np.zeros(L * L, dtype=np.int64)
 
@@ -626,7 +647,8 @@ class STEPModel:
             if self._tfourier:
                 slots = (f - np.arange(self.M)) % self.M
                 age_slot = np.where(self._slot_used[slots], slots, -1)
-                dyn.transient_step(self._Kt, self.decay, self.J, self._ring, age_slot, self._dkt)
+                dyn.transient_step(self._Kt.view(np.float64), self.decay, self.J, self._ring.view(np.float64),
+                                   age_slot, self._dkt.view(np.float64))
                 if use_rs:
                     dkt_real = self.K.irfft2(self._dkt)
             else:
@@ -636,14 +658,15 @@ class STEPModel:
         if self._smean is None:
             self._smean = dyn.field_stats(self.S)[0] if soft else 0.0
         if not use_rs:
-            dyn.scatter_sources(active, dp1, dp2, self._pf[0], self._pf[1], self._pf[2])
-            P1, P2, NN = (self.K.rfft2(self._pf[c]) for c in range(3))
+            dyn.source_rows(active, dp1, dp2, self._eyq, self._zrow, False)
+            for c in range(3):
+                self._fwd[c]()
+            dyn.source_rows(active, dp1, dp2, self._eyq, self._zrow, True)
+            P1, P2, NN = self._pspec
             dyn.spectral_products(P1, P2, NN, self.prop, self.C0h, self.C1h, self._dkt, use_dkt,
                                   soft, self._spec)
-            for c in range(5 if soft else 3):
-                self._inc[c] = self.K.irfft2(self._spec[c])
-            if not soft:
-                self._inc[3:] = 0.0
+            for c in range(5 if soft else 3):  # without softness inc[3], inc[4] stay 0
+                self._inv[c]()
         nd, no, ssum = dyn.frame_pass(
             self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.busy, self.dp1, self.dp2,
             use_rs, active, dp1, dp2, self.G, self._inc, use_dkt, dkt_real,

@@ -364,6 +364,59 @@ def hertz_hessian_triplets(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy):
 
 
 @njit(cache=True)
+def hertz_hessian_triplets_secant(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec):
+    """hertz_hessian_triplets with, on each contact whose overlap h = 1 - r/s
+    is below hsec, the normal stiffness u'' replaced by the secant
+    stiffness through touching, -u'(r) / (s - r) = (2/3) u''.
+
+    The Newton solver's Hessian: exact Newton only shrinks the overlap of a
+    Hertzian contact that must open by a factor 3 per step (force ratio
+    0.19), the secant takes it to touching in one step; a small contact that
+    stays closed costs a linear rate of about (1/3) of its share of the
+    local stiffness. Contact counts as in hertz_hessian_triplets.
+    """
+    n = pos.shape[0]
+    npair = 0
+    for i in range(n):
+        for k in range(offsets[i], offsets[i + 1]):
+            if nbr[k] > i:
+                npair += 1
+    rows = np.empty(16 * npair, np.int64)
+    cols = np.empty(16 * npair, np.int64)
+    vals = np.zeros(16 * npair)
+    contacts = np.zeros(n, np.int64)
+    xy = tilt * Ly
+    q = 0
+    for i in range(n):
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            if j <= i:
+                continue
+            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
+            s = rad[i] + rad[j]
+            kxx, kxy, kyy, touching = _stiffness(dx, dy, s)
+            if touching:
+                contacts[i] += 1
+                contacts[j] += 1
+                r = math.sqrt(dx * dx + dy * dy)
+                if 1.0 - r / s < hsec:
+                    # subtract (1/3) u'' n n
+                    d2 = 1.25 / (s * s) * math.sqrt(1.0 - r / s) / (r * r)
+                    kxx -= d2 * dx * dx
+                    kxy -= d2 * dx * dy
+                    kyy -= d2 * dy * dy
+            blk = (kxx, kxy, kxy, kyy)
+            for a in range(2):
+                for b in range(2):
+                    v = blk[2 * a + b]
+                    rows[q] = 2 * i + a; cols[q] = 2 * i + b; vals[q] = v; q += 1
+                    rows[q] = 2 * j + a; cols[q] = 2 * j + b; vals[q] = v; q += 1
+                    rows[q] = 2 * i + a; cols[q] = 2 * j + b; vals[q] = -v; q += 1
+                    rows[q] = 2 * j + a; cols[q] = 2 * i + b; vals[q] = -v; q += 1
+    return rows, cols, vals, contacts
+
+
+@njit(cache=True)
 def hertz_affine_force(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, out):
     """Xi (N, 2) = -d^2U/(dx dgamma) for simple shear x += gamma y, in place.
 
@@ -385,6 +438,43 @@ def hertz_affine_force(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, out):
             fy += kxy * dy
         out[i, 0] = fx
         out[i, 1] = fy
+
+
+@njit(cache=True)
+def single_contact_moves(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, mask, gap, out):
+    """Opening moves of particles with exactly one contact (Newton helper).
+
+    For each i with mask[i] and exactly one contact j, out[i] is the
+    displacement that takes i straight away from j to a gap of gap * s,
+    -(s - r + gap s) r_ij / r: the Newton step of an isolated Hertzian
+    contact only shrinks the overlap by 1/3 per step, and a contact left
+    at round-off overlap is a near-singular direction of the Hessian.
+    Other rows are left as they are. Returns the number of rows written.
+    """
+    n = pos.shape[0]
+    xy = tilt * Ly
+    written = 0
+    for i in range(n):
+        if not mask[i]:
+            continue
+        cnt = 0
+        mx = 0.0
+        my = 0.0
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
+            s = rad[i] + rad[j]
+            r2 = dx * dx + dy * dy
+            if r2 < s * s:
+                cnt += 1
+                r = math.sqrt(r2)
+                mx = -(s - r + gap * s) * dx / r
+                my = -(s - r + gap * s) * dy / r
+        if cnt == 1:
+            out[i, 0] = mx
+            out[i, 1] = my
+            written += 1
+    return written
 
 
 # --------------------------------------------------------------------------

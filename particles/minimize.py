@@ -136,15 +136,47 @@ class NewtonSolver:
     factor ``rate``; then it is refactorised at the current state. After
     ``max_slow`` consecutive freshly factorised steps that were also slow
     (far from any minimum, e.g. in a plastic event) it hands over.
+
+    Three changes to plain Newton keep the convergence fast where Hertzian
+    contacts open (issue 2; each can be switched off, all three off is the
+    solver of before 2026-11-25):
+
+    - ``hsec``: contacts with overlap 1 - r/s < hsec enter the Hessian with
+      their secant normal stiffness (kernels.hertz_hessian_triplets_secant),
+      so a contact that must open reaches touching in about one step
+      instead of shrinking by 1/3 per step.
+    - ``open_single``: a decoupled particle with exactly one contact is
+      moved straight out of it, to a gap of ``open_gap`` (relative) rather
+      than given a gradient step (kernels.single_contact_moves).
+    - ``project``: the mean force on the coupled particles is removed from
+      the right-hand side (see :meth:`_rhs`).
+
+    And where a chord step was slow, the next step is an exact Newton step
+    by preconditioned CG (:meth:`_pcg`: the current H + D, the stale LU as
+    preconditioner, relative residual ``pcg_rtol``, at most ``pcg_maxiter``
+    iterations) instead of a refactorisation (a SuperLU factorisation costs
+    about 15 LU solves at N = 4000); the LU is refactorised only when CG
+    does not converge or the CG step was slow too. ``pcg_maxiter = 0``
+    refactorises as before.
     """
 
     def __init__(self, rate: float = 0.5, max_iter: int = 60, shift: float = 1e-10,
-                 max_slow: int = 3):
+                 max_slow: int = 3, open_gap: float = 1e-6, hsec: float = 1e-4,
+                 open_single: bool = True, project: bool = True, pcg_maxiter: int = 40,
+                 pcg_rtol: float = 1e-3):
         self.rate = rate
         self.max_slow = max_slow
+        self.open_gap = open_gap
+        self.hsec = hsec
+        self.open_single = open_single
+        self.project = project
+        self.pcg_maxiter = pcg_maxiter
+        self.pcg_rtol = pcg_rtol
+        self.pcg_calls = 0
         self.max_iter = max_iter
         self.shift = shift
         self.lu = None
+        self.loose = None  # (N,) particles decoupled in the factorisation
         self.n = 0
         self.fresh = False  # the LU was computed at the current iterate
         self.factorizations = 0
@@ -166,22 +198,83 @@ class NewtonSolver:
         matrix is positive definite at a stable state).
         """
         nlist = nlist or NeighbourList()
-        H, contacts = hessian(state, nlist)
-        typical = max(float(np.mean(H.diagonal())), np.finfo(float).tiny)
-        loose = np.repeat(contacts < 2, 2)
-        keep = sp.diags((~loose).astype(float), format="csc")
-        shift = np.where(loose, typical, self.shift * typical)
+        A, loose = self._matrix(state, nlist)
         try:
-            self.lu = spla.splu((keep @ H @ keep + sp.diags(shift, format="csc")).tocsc(),
-                                permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+            self.lu = spla.splu(A, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                                 options={"SymmetricMode": True})
         except RuntimeError:  # exactly singular
             self.lu = None
             return False
         self.n = state.n
+        self.loose = loose
         self.factorizations += 1
         self.fresh = True
         return True
+
+    def _matrix(self, state: State, nlist: NeighbourList,
+                loose: np.ndarray | None = None) -> tuple[sp.csc_matrix, np.ndarray]:
+        """H + D of :meth:`factorize` (CSC) and the (N,) decoupled particles
+        (those with fewer than two contacts, or ``loose`` if given)."""
+        if self.hsec > 0.0:
+            offsets, nbr, imx, imy = nlist.update(state)
+            rows, cols, vals, contacts = kernels.hertz_hessian_triplets_secant(
+                state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy,
+                self.hsec)
+            H = sp.csc_matrix((vals, (rows, cols)), shape=(2 * state.n, 2 * state.n))
+        else:
+            H, contacts = hessian(state, nlist)
+        typical = max(float(np.mean(H.diagonal())), np.finfo(float).tiny)
+        if loose is None:
+            loose = contacts < 2
+        loose2 = np.repeat(loose, 2)
+        keep = sp.diags((~loose2).astype(float), format="csc")
+        shift = np.where(loose2, typical, self.shift * typical)
+        return (keep @ H @ keep + sp.diags(shift, format="csc")).tocsc(), loose
+
+    def _pcg(self, state: State, nlist: NeighbourList, rhs: np.ndarray) -> np.ndarray | None:
+        """Newton step by conjugate gradients on the current H + D (same
+        decoupled set as the LU) with the stale LU as preconditioner; None
+        if it does not converge in ``pcg_maxiter`` iterations."""
+        A, _ = self._matrix(state, nlist, self.loose)
+        count = [0]
+
+        def precond(x):
+            count[0] += 1
+            return self.lu.solve(x)
+
+        M = spla.LinearOperator(A.shape, matvec=precond, dtype=float)
+        d, info = spla.cg(A, rhs, rtol=self.pcg_rtol, atol=0.0, maxiter=self.pcg_maxiter, M=M)
+        self.solves += count[0]
+        self.pcg_calls += 1
+        return d if info == 0 else None
+
+    def _rhs(self, F: np.ndarray) -> np.ndarray:
+        """The right-hand side of the Newton solve: F (2N,) with, on the coupled
+        particles, their mean force removed. The decoupled particles' contact
+        forces leave a net force on the coupled ones, which the nearly singular
+        translation modes (regularised by ``shift`` only) would amplify into a
+        huge rigid translation."""
+        if not self.project or self.loose is None or not self.loose.any():
+            return F.ravel()
+        rhs = F.copy()
+        kept = ~self.loose
+        rhs[kept] -= rhs[kept].mean(axis=0)
+        return rhs.ravel()
+
+    def _open_single_contacts(self, state: State, nlist: NeighbourList, d: np.ndarray):
+        """Replace, in the Newton step d (2N,), the gradient step of each
+        decoupled particle that has exactly one contact by the move that opens
+        that contact to a gap of ``open_gap`` (relative to the contact
+        distance; kernels.single_contact_moves): such a
+        particle cannot be at equilibrium in contact, and the gradient step
+        (or the contact's own Newton step, overlap / 3 per step) approaches
+        touching only linearly."""
+        if not self.open_single or self.loose is None or not self.loose.any():
+            return
+        offsets, nbr, imx, imy = nlist.update(state)
+        kernels.single_contact_moves(state.pos, state.radii, state.Lx, state.Ly, state.tilt,
+                                     offsets, nbr, imx, imy, self.loose, self.open_gap,
+                                     d.reshape(-1, 2))
 
     def solve(self, state: State, ftol: float, nlist: NeighbourList | None = None,
               max_iter: int | None = None) -> tuple[State, MinimizeResult]:
@@ -201,6 +294,7 @@ class NewtonSolver:
         fmax = _max_norm(F)
         fnorm = float(np.linalg.norm(F))
         notes = []
+        use_pcg = False
         slow_fresh = 0  # consecutive fresh-LU steps that reduced |F| by less than rate
         for _ in range(max_iter or self.max_iter):
             if fmax < ftol:
@@ -209,8 +303,18 @@ class NewtonSolver:
                 if not self.factorize(cur, nlist):
                     notes.append("singular Hessian")
                     break
-            d = self.lu.solve(F.ravel())
-            self.solves += 1
+            if use_pcg:
+                use_pcg = False
+                d = self._pcg(cur, nlist, self._rhs(F))
+                if d is None:
+                    self.lu = None
+                    continue
+                pcg_step = True
+            else:
+                d = self.lu.solve(self._rhs(F))
+                self.solves += 1
+                pcg_step = False
+            self._open_single_contacts(cur, nlist, d)
             if not np.dot(F.ravel(), d) > 0.0:
                 if self.fresh:
                     notes.append("indefinite Hessian")
@@ -237,14 +341,17 @@ class NewtonSolver:
                 self.lu = None  # stale factorisation: refactorise here and retry
                 continue
             ratio = fnorm_t / fnorm
-            slow_fresh = slow_fresh + 1 if (self.fresh and ratio > self.rate) else 0
+            slow_fresh = slow_fresh + 1 if ((self.fresh or pcg_step) and ratio > self.rate) else 0
             cur, energy, F, fnorm, fmax = trial, e_t, F_t, fnorm_t, _max_norm(F_t)
             self.fresh = False
             if slow_fresh >= self.max_slow:
                 notes.append("slow convergence with fresh factorisations")
                 break
             if ratio > self.rate:
-                self.lu = None  # chord iterations too slow: refactorise
+                if self.pcg_maxiter > 0 and not pcg_step:
+                    use_pcg = True  # exact step with the stale LU as preconditioner
+                else:
+                    self.lu = None  # chord iterations too slow: refactorise
         res = MinimizeResult(fmax < ftol, fmax, energy, 0, nfev,
                              self.solves - solves0, self.factorizations - fact0,
                              method="newton", notes=notes)
