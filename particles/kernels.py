@@ -324,56 +324,20 @@ def _stiffness(dx, dy, s):
 
 
 @njit(cache=True)
-def hertz_hessian_triplets(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy):
+def hertz_hessian_triplets(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec):
     """Sparse Hessian d2U/dx dx of the 2N coordinates (x0, y0, x1, y1, ...).
 
-    Returns COO (rows, cols, vals) including every diagonal block; duplicate
-    entries are to be summed. Also returns per-particle contact counts (N,).
-    """
-    n = pos.shape[0]
-    npair = 0
-    for i in range(n):
-        for k in range(offsets[i], offsets[i + 1]):
-            if nbr[k] > i:
-                npair += 1
-    rows = np.empty(16 * npair, np.int64)
-    cols = np.empty(16 * npair, np.int64)
-    vals = np.zeros(16 * npair)
-    contacts = np.zeros(n, np.int64)
-    xy = tilt * Ly
-    q = 0
-    for i in range(n):
-        for k in range(offsets[i], offsets[i + 1]):
-            j = nbr[k]
-            if j <= i:
-                continue
-            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
-            kxx, kxy, kyy, touching = _stiffness(dx, dy, rad[i] + rad[j])
-            if touching:
-                contacts[i] += 1
-                contacts[j] += 1
-            blk = (kxx, kxy, kxy, kyy)
-            for a in range(2):
-                for b in range(2):
-                    v = blk[2 * a + b]
-                    rows[q] = 2 * i + a; cols[q] = 2 * i + b; vals[q] = v; q += 1
-                    rows[q] = 2 * j + a; cols[q] = 2 * j + b; vals[q] = v; q += 1
-                    rows[q] = 2 * i + a; cols[q] = 2 * j + b; vals[q] = -v; q += 1
-                    rows[q] = 2 * j + a; cols[q] = 2 * i + b; vals[q] = -v; q += 1
-    return rows, cols, vals, contacts
+    Returns COO (rows, cols, vals) including every diagonal block (duplicate
+    entries are to be summed) and the per-particle contact counts (N,).
 
-
-@njit(cache=True)
-def hertz_hessian_triplets_secant(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec):
-    """hertz_hessian_triplets with, on each contact whose overlap h = 1 - r/s
-    is below hsec, the normal stiffness u'' replaced by the secant
-    stiffness through touching, -u'(r) / (s - r) = (2/3) u''.
-
-    The Newton solver's Hessian: exact Newton only shrinks the overlap of a
-    Hertzian contact that must open by a factor 3 per step (force ratio
-    0.19), the secant takes it to touching in one step; a small contact that
-    stays closed costs a linear rate of about (1/3) of its share of the
-    local stiffness. Contact counts as in hertz_hessian_triplets.
+    hsec = 0 gives the exact Hessian. With hsec > 0, on each contact whose
+    overlap h = 1 - r/s is below hsec the normal stiffness u'' is replaced
+    by the secant stiffness through touching, -u'(r) / (s - r) = (2/3) u''
+    (the Newton solver's matrix: exact Newton only shrinks the overlap of a
+    Hertzian contact that must open by a factor 3 per step, force ratio
+    0.19; the secant takes it to touching in one step, and a small contact
+    that stays closed costs a linear rate of about 1/3 of its share of the
+    local stiffness).
     """
     n = pos.shape[0]
     npair = 0

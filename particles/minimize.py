@@ -142,7 +142,7 @@ class NewtonSolver:
     solver of before 2026-11-25):
 
     - ``hsec``: contacts with overlap 1 - r/s < hsec enter the Hessian with
-      their secant normal stiffness (kernels.hertz_hessian_triplets_secant),
+      their secant normal stiffness (kernels.hertz_hessian_triplets),
       so a contact that must open reaches touching in about one step
       instead of shrinking by 1/3 per step.
     - ``open_single``: a decoupled particle with exactly one contact is
@@ -215,14 +215,7 @@ class NewtonSolver:
                 loose: np.ndarray | None = None) -> tuple[sp.csc_matrix, np.ndarray]:
         """H + D of :meth:`factorize` (CSC) and the (N,) decoupled particles
         (those with fewer than two contacts, or ``loose`` if given)."""
-        if self.hsec > 0.0:
-            offsets, nbr, imx, imy = nlist.update(state)
-            rows, cols, vals, contacts = kernels.hertz_hessian_triplets_secant(
-                state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy,
-                self.hsec)
-            H = sp.csc_matrix((vals, (rows, cols)), shape=(2 * state.n, 2 * state.n))
-        else:
-            H, contacts = hessian(state, nlist)
+        H, contacts = hessian(state, nlist, self.hsec)
         typical = max(float(np.mean(H.diagonal())), np.finfo(float).tiny)
         if loose is None:
             loose = contacts < 2

@@ -102,13 +102,17 @@ def forces(state: State, nlist: NeighbourList | None = None) -> tuple[float, np.
     return energy, out
 
 
-def hessian(state: State, nlist: NeighbourList | None = None) -> tuple[sp.csc_matrix, np.ndarray]:
+def hessian(state: State, nlist: NeighbourList | None = None,
+            hsec: float = 0.0) -> tuple[sp.csc_matrix, np.ndarray]:
     """Sparse Hessian d2U/dx_a dx_b, (2N, 2N) CSC with coordinate order
-    (x0, y0, x1, y1, ...), and the (N,) number of contacts per particle."""
+    (x0, y0, x1, y1, ...), and the (N,) number of contacts per particle.
+    hsec > 0: secant stiffness on contacts with overlap below hsec (the
+    Newton solver's matrix, kernels.hertz_hessian_triplets); 0: exact."""
     nlist = nlist or NeighbourList()
     offsets, nbr, imx, imy = nlist.update(state)
     rows, cols, vals, contacts = kernels.hertz_hessian_triplets(
-        state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy)
+        state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy,
+        float(hsec))
     n2 = 2 * state.n
     return sp.csc_matrix((vals, (rows, cols)), shape=(n2, n2)), contacts
 
