@@ -230,16 +230,23 @@ class SoftnessModel:
             out[name] = np.concatenate([getattr(hp, name) for hp in self.hyperplanes])
         return out
 
-    def weight_function(self, species: int, rlist: int) -> np.ndarray:
-        """(2, M_l) ensemble-mean weight w / (|w| scale) of one central
-        species and r-list: row = neighbour species (0 small, 1 large),
-        column = r_m. Units: softness per unit structure function, so that
-        the r-list's mean signed distance is G . weight + const."""
+    def weight_function(self, species: int, rlist: int, standardised: bool = False) -> np.ndarray:
+        """(2, M_l) ensemble-mean weight of one central species and r-list:
+        row = neighbour species (0 small, 1 large), column = r_m.
+
+        standardised=False: w / (|w| scale), softness per unit structure
+        function (the r-list's mean signed distance is G . weight + const);
+        a rarely populated feature (tiny scale) gets a large weight.
+        standardised=True: w / |w|, softness per standard deviation of the
+        feature (each feature's importance in the training data)."""
         hp = self.hyperplanes[rlist]
         sel = hp.species == species
         if not np.any(sel):
             raise ValueError(f"no hyperplane of species {species} in r-list {rlist}")
-        a, _ = hp.affine()
+        if standardised:
+            a = (hp.w / np.linalg.norm(hp.w, axis=1)[:, None]).T
+        else:
+            a, _ = hp.affine()
         return a[:, sel].mean(axis=1).reshape(N_SPECIES, hp.r_m.size)
 
     def decision(self, features_by_rlist, species) -> np.ndarray:

@@ -154,17 +154,19 @@ def figures(stats: SoftnessStats, model, min_count: int = 200):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for sp, ax in enumerate(axes):
         for l, r in enumerate(model.r_lists):
-            wf = model.weight_function(sp, l)
+            wf = model.weight_function(sp, l, standardised=True)
             ax.plot(r, wf[0], "-", color=f"C{l}", label=f"r-list {l}: small neighbours")
             ax.plot(r, wf[1], "--", color=f"C{l}", label=f"r-list {l}: large neighbours")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xlabel("r (small diameters)")
         ax.set_title(f"central particle {SPECIES[sp]}")
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("weight (softness per neighbour)")
-    out.append((fig, "Weight function over r: the ensemble-mean hyperplane weight of each "
-                     "structure function in original (unstandardised) units, per neighbour "
-                     "species. Positive weight: neighbours at that r make a particle softer."))
+    axes[0].set_ylabel("standardised weight w/|w|")
+    out.append((fig, "Weight function over r: the ensemble-mean hyperplane weight w/|w| of "
+                     "each standardised structure function (softness per standard deviation "
+                     "of G), per neighbour species. Positive weight: more neighbours at that r "
+                     "make a particle softer. Weights per neighbour in original units: "
+                     "SoftnessModel.weight_function(species, rlist)."))
     tab = model.table()
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for sp in range(2):

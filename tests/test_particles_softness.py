@@ -179,6 +179,16 @@ def test_ensemble_recovers_planted_rule():
     xf, lf, sf = draw(4000)
     S = model.decision([xf], sf)
     assert np.mean((S > 0) == (lf == 1)) > 0.95
+    # standardised weights: the unit-vector direction of each hyperplane, so
+    # they equal the original-unit weights times each hyperplane's scale
+    hp = model.hyperplanes[0]
+    for s in (0, 1):
+        sel = hp.species == s
+        a, _ = hp.affine()
+        want = (a[:, sel] * hp.scale[sel].T).mean(axis=1).reshape(2, -1)
+        np.testing.assert_allclose(model.weight_function(s, 0, standardised=True), want,
+                                   rtol=1e-12, atol=1e-15)
+        assert np.all(np.abs(model.weight_function(s, 0, standardised=True)) <= 1.0)
 
 
 def _training_data():
