@@ -35,7 +35,6 @@ class SoftnessStats:
     rearr: np.ndarray = field(default_factory=lambda: np.zeros((2, len(S_EDGES) - 1), np.int64))
     r_pos: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))    # R with S > 0
     q_neg: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))    # non-R with S < 0
-    outside: int = 0                                                             # S beyond edges
 
     @property
     def n_rearr(self):
@@ -106,8 +105,6 @@ def accumulate(stats: SoftnessStats, analysis_path, d_soft=(0.0025, 0.0015),
                     stats.rearr[sp] += np.histogram(s[r], stats.edges)[0]
                     stats.r_pos[sp] += np.count_nonzero(s[r] > 0)
                     stats.q_neg[sp] += np.count_nonzero(s[m & ~rear] < 0)
-                    stats.outside += np.count_nonzero(m & ((s < stats.edges[0]) |
-                                                           (s >= stats.edges[-1])))
     return stats
 
 
