@@ -24,9 +24,10 @@ Conventions (the caller, ``model.py``, owns the arrays):
 - Trigger modes: 0 = eps_dev = 2 sqrt(d1^2 + d2^2) >= eps_y;
   1 = e2 only, 2 |d2| >= eps_y.
 - Kernel planes ``G[c, dx, dy]`` (site offset dx, dy mod L) hold, for a
-  unit plastic source, c = 0, 1: k per source e1, e2; 2, 3: e1 per e1, e2;
-  4, 5: e2 per e1, e2; 6, 7: the site-averaged softness kernels c0, c1 per
-  frame of rearrangement.
+  unit plastic source, c = 0, 1: k per source e1, e2; 2: e1 per e1;
+  3: e1 per e2 = e2 per e1 (reciprocity, one plane); 4: e2 per e2;
+  5, 6: the site-averaged softness kernels c0, c1 per frame of
+  rearrangement.
 - Increment fields ``inc[5, L, L]``: dk, de1, de2, sum of c0, sum of c1.
 
 All loops are serial and in a fixed order: results are bit-for-bit the same
@@ -314,14 +315,15 @@ def _add_segment(row, G, dx, iy0, iy1, off, a, bb, nc):
     kernel column dy = iy - off (G planes as in frame_pass)."""
     for iy in range(iy0, iy1):
         dy = iy - off
+        g = G[3, dx, dy]
         row[0, iy] += G[0, dx, dy] * a + G[1, dx, dy] * bb
-        row[1, iy] += G[2, dx, dy] * a + G[3, dx, dy] * bb
-        row[2, iy] += G[4, dx, dy] * a + G[5, dx, dy] * bb
-    if nc > 6:
+        row[1, iy] += G[2, dx, dy] * a + g * bb
+        row[2, iy] += g * a + G[4, dx, dy] * bb
+    if nc > 5:
         for iy in range(iy0, iy1):
             dy = iy - off
-            row[3, iy] += G[6, dx, dy]
-            row[4, iy] += G[7, dx, dy]
+            row[3, iy] += G[5, dx, dy]
+            row[4, iy] += G[6, dx, dy]
 
 
 @njit(cache=True)
@@ -334,7 +336,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
     Increments (dk, de1, de2, C0, C1) of a site are either summed here from
     the real-space kernel planes over the sources (use_rs: flat indices src,
     plastic increments sdp1, sdp2; ``G[c, dx, dy]``, c as the module
-    docstring's table, planes 6, 7 only read if G has them and soft_on),
+    docstring's table, planes 5, 6 only read if G has them and soft_on),
     one lattice row at a time into a row buffer (contiguous, vectorised
     adds), plus the transient dkt[ix, iy] (use_dkt), or read from inc[0..4]
     (the transform path, transient included).
@@ -351,7 +353,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
     """
     L1, L2 = e1.shape
     ns = src.size
-    nc = G.shape[0] if soft_on else 6
+    nc = G.shape[0] if soft_on else 5
     row = np.zeros((5, L2))
     nd, no = 0, 0
     ssum = 0.0

@@ -69,7 +69,8 @@ class EshelbyKernels:
         a (0: k, 1: e1, 2: e2) at every site per unit plastic source
         component b (0: e1, 1: e2) at site (0, 0).  Real (the responses are
         inversion symmetric); ``prop[:, :, 0, 0]`` holds the strain-control
-        q = 0 values (0, and -1 on the diagonal e1<-e1, e2<-e2).
+        q = 0 values (0, and -1 on the diagonal e1<-e1, e2<-e2).  The cross
+        terms are equal, ``prop[1, 1] == prop[2, 0]`` (reciprocity).
     """
 
     def __init__(self, L, lam, mu, threads=1):
@@ -107,6 +108,12 @@ class EshelbyKernels:
             self.prop[0, b] = (0.5 * (exx + eyy)).real
             self.prop[1, b] = (0.5 * (exx - eyy)).real
             self.prop[2, b] = (self._hx * self._hy * exy).real
+        # reciprocity (the response derives from a quadratic elastic energy):
+        # e1 per unit e2 source = e2 per unit e1 source; the two computed
+        # values agree to round-off (tests), one shared value makes it exact
+        cross = 0.5 * (self.prop[1, 1] + self.prop[2, 0])
+        self.prop[1, 1] = cross
+        self.prop[2, 0] = cross
 
     # -- transforms -------------------------------------------------------
     def rfft2(self, field):

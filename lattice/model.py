@@ -390,8 +390,9 @@ class STEPModel:
         else:
             self.c0_site = np.zeros((L, L))
             self.c1_site = np.zeros((L, L))
+        G = K.real_space_kernels()  # (3, 2, L, L); G[1, 1] == G[2, 0] (reciprocity)
         self.G = np.ascontiguousarray(np.concatenate(
-            [K.real_space_kernels().reshape(6, L, L)]
+            [G[[0, 0, 1, 1, 2], [0, 1, 0, 1, 1]]]
             + ([self.c0_site[None], self.c1_site[None]] if options.softness else [])))
         self.C0h = np.ascontiguousarray(K.rfft2(self.c0_site).real)  # symmetric kernels: real spectra
         self.C1h = np.ascontiguousarray(K.rfft2(self.c1_site).real)
@@ -419,8 +420,8 @@ class STEPModel:
             self._Dt = np.stack([K.irfft2(hk[1])] + [K.irfft2(hk[m + 1] - hk[m]) for m in range(1, self.M)])
             self._Ht = np.stack([K.irfft2(hk[m]) for m in range(1, self.M + 1)])
         self._Kt = np.zeros((L, h), dtype=complex)
-        self._dkt = np.zeros((L, h), dtype=complex)
-        self._dkt_real = np.zeros((L, L))
+        self._dkt = _aligned_zeros((L, h), complex)
+        self._dkt_real = _aligned_zeros((L, L), float)
         self._clear_transient()
         self._smean = None
 
@@ -441,6 +442,10 @@ class STEPModel:
         self._inv = [pyfftw.FFTW(self._spec[c], self._inc[c], axes=(0, 1), direction="FFTW_BACKWARD",
                                  flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=self.threads)
                      for c in range(5)]
+        # the Fourier transient's change on real-space frames: dkt -> dkt_real
+        # in place (dkt is rewritten by every transient_step)
+        self._dkt_inv = pyfftw.FFTW(self._dkt, self._dkt_real, axes=(0, 1), direction="FFTW_BACKWARD",
+                                    flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=self.threads)
         self._done = np.zeros(L * L, dtype=np.int64)
         self._over = np.zeros(L * L, dtype=np.int64)
 
@@ -553,7 +558,7 @@ class STEPModel:
                 raise AvalancheTooLong(f"avalanche {aid} ran past {self.max_frames} frames")
             if triggers.size:
                 self._start(triggers, aid)
-                active = np.union1d(active, triggers)
+                active = np.sort(np.concatenate((active, triggers)))  # disjoint: busy sites do not trigger
             elif self.opt.volumetric:
                 self._slot_used[self.frame % self.M] = False
             nd, no = self._frame(active)
@@ -561,7 +566,7 @@ class STEPModel:
             if nd:
                 done = self._done[:nd].copy()
                 self._complete(done)
-                active = np.setdiff1d(active, done, assume_unique=True)
+                active = active[self.busy.ravel()[active] > 0]
             triggers = self._over[:no].copy()
             if no == 0 and active.size == 0:
                 if self._transient_live:
@@ -650,7 +655,8 @@ class STEPModel:
                 dyn.transient_step(self._Kt.view(np.float64), self.decay, self.J, self._ring.view(np.float64),
                                    age_slot, self._dkt.view(np.float64))
                 if use_rs:
-                    dkt_real = self.K.irfft2(self._dkt)
+                    self._dkt_inv()
+                    dkt_real = self._dkt_real
             else:
                 dyn.shifted_sum(self._Dt, f - self._tstart, self._tsites, p.comp_amp, self._dkt_real)
                 dkt_real = self._dkt_real
