@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from step_epm.config_checks import ConfigError, check_choice, check_range
 
+from .fft_plans import PLANNERS
 from .model import ELASTIC, TRIGGERS
 
 
@@ -31,16 +32,22 @@ class GridConfig:
     threads: FFTW threads (a run resumes to the same bits only with the same
     count). realspace_max_sources: frames with at most this many rearranging
     sites add real-space kernels; more use whole-field transforms.
+    fft_planner: "estimate" (deterministic FFTW plans: every fresh run of a
+    config gives the same bits) or "measure" (faster transforms; the plans
+    are stored in the run file and a resume re-creates them, but two fresh
+    runs may differ in the last bits); lattice/fft_plans.py.
     """
 
     L: int = 64
     threads: int = 1
     realspace_max_sources: int = 8
+    fft_planner: str = "estimate"
 
     def __post_init__(self):
         check_range("lattice.L", self.L, lo=8, hi=8192)
         check_range("lattice.threads", self.threads, lo=1, hi=256)
         check_range("lattice.realspace_max_sources", self.realspace_max_sources, lo=0, hi=10**9)
+        check_choice("lattice.fft_planner", self.fft_planner, set(PLANNERS))
 
 
 @dataclass

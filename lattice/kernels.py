@@ -32,6 +32,8 @@ import numpy as np
 import pyfftw
 from scipy.special import erfc, erfcx
 
+from .fft_plans import Planner
+
 #: 1-D weights of the cubic midpoint interpolation from the corners at
 #: offsets -3/2, -1/2, +1/2, +3/2 to the site centre (corner index offsets
 #: -2, -1, 0, +1).
@@ -50,9 +52,11 @@ class EshelbyKernels:
         Lame constants (mu > 0, lam + mu > 0); only nu = lam/(lam + 2 mu)
         enters the strain responses.
     threads : int
-        FFTW threads.  Plans use FFTW_ESTIMATE, which is deterministic: the
-        same L and thread count give the same bits in every process (as
-        long as no FFTW wisdom has been imported into the process).
+        FFTW threads.
+    planner : fft_plans.Planner or None
+        Makes the FFTW plans; None: a fresh ``Planner("estimate")``, which is
+        deterministic (the same L and thread count give the same bits in
+        every process; see fft_plans).
 
     Attributes
     ----------
@@ -73,7 +77,7 @@ class EshelbyKernels:
         terms are equal, ``prop[1, 1] == prop[2, 0]`` (reciprocity).
     """
 
-    def __init__(self, L, lam, mu, threads=1):
+    def __init__(self, L, lam, mu, threads=1, planner=None):
         L = int(L)
         if L < 4:
             raise ValueError(f"L must be >= 4, got {L}")
@@ -93,13 +97,10 @@ class EshelbyKernels:
         self._c_out = pyfftw.empty_aligned(shape_half, dtype="complex128")
         self._c_in = pyfftw.empty_aligned(shape_half, dtype="complex128")
         self._r_out = pyfftw.empty_aligned((L, L), dtype="float64")
-        self._fwd = pyfftw.FFTW(self._r_in, self._c_out, axes=(0, 1),
-                                direction="FFTW_FORWARD", flags=("FFTW_ESTIMATE",),
-                                threads=self.threads)
-        self._inv = pyfftw.FFTW(self._c_in, self._r_out, axes=(0, 1),
-                                direction="FFTW_BACKWARD",
-                                flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"),
-                                threads=self.threads)
+        planner = planner or Planner("estimate")
+        self._fwd = planner.plan(self._r_in, self._c_out, (0, 1), "FFTW_FORWARD", threads=self.threads)
+        self._inv = planner.plan(self._c_in, self._r_out, (0, 1), "FFTW_BACKWARD",
+                                 destroy_input=True, threads=self.threads)
 
         one, zero = np.ones(shape_half, complex), np.zeros(shape_half, complex)
         self.prop = np.empty((3, 2) + shape_half)

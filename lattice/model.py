@@ -25,6 +25,7 @@ import pyfftw
 
 from . import dynamics as dyn
 from .calibration import Calibration, CalibrationError
+from .fft_plans import Planner
 from .kernels import EshelbyKernels
 
 TRIGGERS = {"eps_dev": 0, "e2": 1}
@@ -344,13 +345,17 @@ class STEPModel:
     max_frames : frame limit of one avalanche (AvalancheTooLong beyond).
     snapshots : keep the maps of the largest avalanche (copies 4 fields
         per avalanche).
+    fft_planner, fft_wisdom : FFTW planning, "estimate" (deterministic) or
+        "measure" (faster; its plans are kept as ``self.fft_wisdom`` and
+        re-created from ``fft_wisdom`` when given; lattice/fft_plans.py).
 
     The state arrays (e1, e2, k, S, u, r1, r2) are public; between
     avalanches they may be set from outside, followed by ``state_changed()``.
     """
 
     def __init__(self, L, calibration, options=ModelOptions(), seed=0, threads=1,
-                 realspace_max_sources=8, max_frames=1_000_000, snapshots=True):
+                 realspace_max_sources=8, max_frames=1_000_000, snapshots=True,
+                 fft_planner="estimate", fft_wisdom=None):
         L = int(L)
         if L < 8:
             raise ValueError(f"L must be >= 8, got {L}")
@@ -361,7 +366,9 @@ class STEPModel:
         self.snapshots = bool(snapshots)
         self.par = p = LatticeParams.from_calibration(calibration, options)
         self.mode = TRIGGERS[options.trigger]
-        self.K = K = EshelbyKernels(L, p.lam, p.mu, threads)
+        planner = Planner(fft_planner, fft_wisdom)
+        self.fft_planner = fft_planner
+        self.K = K = EshelbyKernels(L, p.lam, p.mu, threads, planner)
         st = K.self_term()
         self.self1, self.self2 = float(st[1, 0]), float(st[2, 1])
 
@@ -425,9 +432,9 @@ class STEPModel:
         self._clear_transient()
         self._smean = None
 
-        # work buffers of the transform path; its FFTW plans (FFTW_ESTIMATE:
-        # deterministic) work in place on them, without copies in and out. The
-        # inverse transforms are EshelbyKernels.irfft2's plan (the same bits).
+        # work buffers of the transform path; its FFTW plans work in place on
+        # them, without copies in and out. The inverse transforms are
+        # EshelbyKernels.irfft2's plan (the same problem: the same bits).
         # The forward transforms of the (sparse) source fields: their row
         # transforms are phase rows (dynamics.source_rows: only the rows with
         # sources are non-zero), then FFTW column transforms.
@@ -437,15 +444,17 @@ class STEPModel:
         self._spec = _aligned_zeros((5, L, h), complex)
         n = np.arange(L)
         self._eyq = np.exp(-2j * np.pi * ((n[:, None] * n[None, :h]) % L) / L)  # exp(-i qy y), exact argument
-        self._fwd = [pyfftw.FFTW(self._zrow[c], self._pspec[c], axes=(0,), direction="FFTW_FORWARD",
-                                 flags=("FFTW_ESTIMATE",), threads=self.threads) for c in range(3)]
-        self._inv = [pyfftw.FFTW(self._spec[c], self._inc[c], axes=(0, 1), direction="FFTW_BACKWARD",
-                                 flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=self.threads)
-                     for c in range(5)]
+        self._fwd = [planner.plan(self._zrow[c], self._pspec[c], (0,), "FFTW_FORWARD", threads=self.threads)
+                     for c in range(3)]
+        self._inv = [planner.plan(self._spec[c], self._inc[c], (0, 1), "FFTW_BACKWARD", destroy_input=True,
+                                  threads=self.threads) for c in range(5)]
         # the Fourier transient's change on real-space frames: dkt -> dkt_real
         # in place (dkt is rewritten by every transient_step)
-        self._dkt_inv = pyfftw.FFTW(self._dkt, self._dkt_real, axes=(0, 1), direction="FFTW_BACKWARD",
-                                    flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=self.threads)
+        self._dkt_inv = planner.plan(self._dkt, self._dkt_real, (0, 1), "FFTW_BACKWARD", destroy_input=True,
+                                     threads=self.threads)
+        self.fft_wisdom = planner.finish()
+        for buf in (self._inc, self._zrow, self._pspec, self._spec, self._dkt, self._dkt_real):
+            buf[...] = 0  # FFTW_MEASURE planning writes into the arrays
         self._done = np.zeros(L * L, dtype=np.int64)
         self._over = np.zeros(L * L, dtype=np.int64)
 

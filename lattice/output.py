@@ -10,7 +10,10 @@ Layout::
                       (resolved YAML), calibration (the calibration file's
                       JSON text), calibration_sha256, calibrated, completed,
                       L, seed, gamma, frame, n_avalanches, rng_state (JSON of
-                      numpy's PCG64 bit_generator state), n_rearrangements
+                      numpy's PCG64 bit_generator state), n_rearrangements,
+                      fftw_wisdom (FFTW's wisdom text of the run's plans with
+                      lattice.fft_planner = measure, re-created on resume;
+                      "" with estimate)
     /params           attrs: the lattice parameters derived from the
                       calibration (LatticeParams) and the kernel self terms
     /rearrangements/* one dataset per column (model.REARRANGEMENT_COLUMNS),
@@ -66,6 +69,7 @@ def write_run(path, model: STEPModel, config_yaml: str, completed: bool):
         f.attrs["n_avalanches"] = state["n_avalanches"]
         f.attrs["n_rearrangements"] = len(model.rearrangements)
         f.attrs["rng_state"] = json.dumps(state["rng"])
+        f.attrs["fftw_wisdom"] = model.fft_wisdom.decode("ascii")  # "" for estimate plans
         g = f.create_group("params")
         for k, v in dataclasses.asdict(model.par).items():
             g.attrs[k] = v

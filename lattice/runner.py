@@ -22,13 +22,15 @@ FINAL_NAME = "lattice.h5"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def build_model(cfg: LatticeConfig) -> STEPModel:
+def build_model(cfg: LatticeConfig, fft_wisdom: bytes | None = None) -> STEPModel:
+    """The model of ``cfg``; ``fft_wisdom``: the FFTW plans of the run it resumes."""
     m = cfg.model
     opts = ModelOptions(trigger=m.trigger, softness=m.softness, volumetric=m.volumetric, elastic=m.elastic)
     return STEPModel(cfg.lattice.L, load_calibration(cfg.calibration), opts, seed=cfg.seed,
                      threads=cfg.lattice.threads,
                      realspace_max_sources=cfg.lattice.realspace_max_sources,
-                     max_frames=cfg.run.max_frames, snapshots=cfg.output.snapshots)
+                     max_frames=cfg.run.max_frames, snapshots=cfg.output.snapshots,
+                     fft_planner=cfg.lattice.fft_planner, fft_wisdom=fft_wisdom)
 
 
 def result_config(yaml_text):
@@ -104,10 +106,10 @@ def run_lattice(cfg: LatticeConfig, resolved_yaml: str) -> Path:
     for junk in list(out.glob("*.tmp")) + list((out / CHECKPOINT_DIR).glob("*.tmp")):
         junk.unlink()  # left by a kill during a write
     final = out / FINAL_NAME
-    model = build_model(cfg)
+    start = find_resume_point(out, resolved_yaml)
+    model = build_model(cfg, None if start is None else read_attrs(start).get("fftw_wisdom", "").encode())
     if not model.cal.calibrated:
         log.warning("calibration %s is marked NOT calibrated (placeholder numbers)", model.cal.source)
-    start = find_resume_point(out, resolved_yaml)
     if start is not None:
         restore(model, start)
         log.info("resuming from %s: %d avalanches, gamma = %.6g", start, model.n_avalanches, model.gamma)

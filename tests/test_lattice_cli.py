@@ -52,6 +52,7 @@ def test_default_config_and_output_dir_follow_from_config():
     ("lattice.L=4", "lattice.L"),
     ("lattice.threads=0", "lattice.threads"),
     ("lattice.realspace_max_sources=-1", "lattice.realspace_max_sources"),
+    ("lattice.fft_planner=patient", "lattice.fft_planner"),
     ("model.trigger=sxy", "model.trigger"),
     ("model.elastic=soft", "model.elastic"),
     ("model.name='a b'", "model.name"),
@@ -148,6 +149,26 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(tmp_path):
     longer = run_in(tmp_path / "c", over + ["run.gamma_end=0.2"])
     extended = run_in(b, over + ["run.gamma_end=0.2"])
     same_results(longer, extended)
+
+
+def test_measured_fft_plans_resume_to_the_uninterrupted_result(tmp_path):
+    """With lattice.fft_planner=measure (and every frame transformed) the run
+    file keeps the FFTW plans as wisdom; a resume from a checkpoint
+    re-creates them and ends with the uninterrupted run's bits."""
+    over = ["lattice.L=32", "lattice.fft_planner=measure", "lattice.realspace_max_sources=0",
+            "checkpoint.every_avalanches=10", "checkpoint.keep=0", "run.gamma_end=0.05"]
+    full = run_in(tmp_path / "a", over)
+    cks = sorted((tmp_path / "a" / "checkpoints").glob("ckpt_*.h5"))
+    assert len(cks) >= 2
+    b = tmp_path / "b"
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copy(cks[len(cks) // 2], b / "checkpoints")
+    run_in(tmp_path / "other", over)  # another measured planning in between
+    resumed = run_in(b, over)
+    same_results(full, resumed)
+    with h5py.File(full) as fa, h5py.File(resumed) as fb, h5py.File(cks[0]) as fc:
+        assert fa.attrs["fftw_wisdom"].startswith("(fftw-3")
+        assert fa.attrs["fftw_wisdom"] == fb.attrs["fftw_wisdom"] == fc.attrs["fftw_wisdom"]
 
 
 def test_resume_refuses_another_config(tmp_path):
