@@ -16,11 +16,12 @@ Conventions (the caller, ``model.py``, owns the arrays):
 - The yield strain eps_y = F^-1(u | S) is a bilinear interpolation of the
   quantile table ``ytab[nS, nU]`` on the uniform grids S = s0 + i / sinv,
   u = u0 + j / uinv, clamped at the grid ends (nS = 1: no S dependence).
-  Threshold cache: ``yref`` = eps_y(uref, sref), with ``lip`` the table's
-  largest slope d eps_y/dS; while u == uref, eps_y >= yref - lip |S - sref|
-  lets most sites skip the interpolation (the decision is unchanged; a
-  changed u forces it). The loading step refreshes the entries it
-  interpolates or finds loose.
+  Threshold cache: ``yref`` = eps_y(u, sref) at the site's current u, with
+  ``lip`` the table's largest slope d eps_y/dS; eps_y >= yref - lip |S - sref|
+  lets most sites skip the interpolation (and the read of u) with the same
+  decision. The caller refreshes an entry whenever it draws a new u
+  (model.py); the loading step refreshes the entries it interpolates or
+  finds loose.
 - Trigger modes: 0 = eps_dev = 2 sqrt(d1^2 + d2^2) >= eps_y;
   1 = e2 only, 2 |d2| >= eps_y.
 - Kernel planes ``G[c, dx, dy]`` (site offset dx, dy mod L) hold, for a
@@ -74,22 +75,20 @@ _BOUND = 1.0 - 1e-12
 
 
 @njit(cache=True, inline="always")
-def _bound(sv, uv, ur, yr, sr, lip):
-    """Lower bound of a site's eps_y(uv, sv) from its cache entry
-    yr = eps_y(ur, sr) (with a relative safety margin far above round-off);
-    -inf when the entry is for another u."""
-    if uv != ur:
-        return -np.inf
+def _bound(sv, yr, sr, lip):
+    """Lower bound of a site's eps_y(u, sv) from its cache entry
+    yr = eps_y(u, sr) (with a relative safety margin far above round-off)."""
     return yr * _BOUND - lip * abs(sv - sr)
 
 
 @njit(cache=True, inline="always")
-def _over(q1, q2, sv, uv, ur, yr, sr, lip, ytab, s0, sinv, u0, uinv, mode):
-    """Whether a site with strain (q1, q2) since its last rearrangement,
-    softness sv and quantile uv is at or over its threshold
-    eps_y = F^-1(uv | sv); the bound (``_bound``, cache entry ur, yr, sr)
-    decides most sites without the interpolation, with the same decision."""
-    yb = _bound(sv, uv, ur, yr, sr, lip)
+def _over(q1, q2, sv, u, ix, iy, yr, sr, lip, ytab, s0, sinv, u0, uinv, mode):
+    """Whether site (ix, iy) with strain (q1, q2) since its last
+    rearrangement, softness sv and quantile u[ix, iy] is at or over its
+    threshold eps_y = F^-1(u | sv); the bound (``_bound``, cache entry yr,
+    sr) decides most sites without the interpolation (and without reading
+    u), with the same decision."""
+    yb = _bound(sv, yr, sr, lip)
     if mode == 0:
         m2 = q1 * q1 + q2 * q2
         if yb > 0.0 and 4.0 * m2 < yb * yb:
@@ -99,7 +98,7 @@ def _over(q1, q2, sv, uv, ur, yr, sr, lip, ytab, s0, sinv, u0, uinv, mode):
         eps = 2.0 * abs(q2)
         if eps < yb:
             return False
-    return eps >= _yield(uv, sv, ytab, s0, sinv, u0, uinv)
+    return eps >= _yield(u[ix, iy], sv, ytab, s0, sinv, u0, uinv)
 
 
 @njit(cache=True, inline="always")
@@ -117,7 +116,7 @@ def _load_x(h, d1, d2, mode):
 
 
 @njit(cache=True)
-def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sref, uref, lip, mode):
+def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode):
     """Smallest uniform e2 increment x >= 0 that brings a site to threshold.
 
     Per site with d = (e1 - r1, e2 - r2): mode 0 solves
@@ -139,12 +138,12 @@ def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sre
             sv = s[ix, iy]
             d1 = e1[ix, iy] - r1[ix, iy]
             d2 = e2[ix, iy] - r2[ix, iy]
-            uv, yr = u[ix, iy], yref[ix, iy]
-            yb = _bound(sv, uv, uref[ix, iy], yr, sref[ix, iy], lip)
+            yr = yref[ix, iy]
+            yb = _bound(sv, yr, sref[ix, iy], lip)
             if yb > 0.0 and yb > 0.99 * yr and _load_x(0.5 * yb, d1, d2, mode) >= best:
                 continue
-            ey = _yield(uv, sv, ytab, s0, sinv, u0, uinv)
-            yref[ix, iy], sref[ix, iy], uref[ix, iy] = ey, sv, uv
+            ey = _yield(u[ix, iy], sv, ytab, s0, sinv, u0, uinv)
+            yref[ix, iy], sref[ix, iy] = ey, sv
             x = _load_x(0.5 * ey, d1, d2, mode)
             if x < best:
                 best, arg = x, ix * L2 + iy
@@ -153,7 +152,7 @@ def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sre
 
 @njit(cache=True)
 def relax_and_check(k, s, kt, b, soft_on, e1, e2, r1, r2, u, busy, ytab, s0, sinv, u0, uinv,
-                    yref, sref, uref, lip, mode, out):
+                    yref, sref, lip, mode, out):
     """End of an avalanche: the pending transient kt relaxes (k -= kt and,
     if soft_on, S -= b kt), then the flat indices of the non-busy sites at
     or over threshold go to ``out`` (increasing); returns their count."""
@@ -169,7 +168,7 @@ def relax_and_check(k, s, kt, b, soft_on, e1, e2, r1, r2, u, busy, ytab, s0, sin
                 s[ix, iy] = sv
             if busy[ix, iy] > 0:
                 continue
-            if _over(e1[ix, iy] - r1[ix, iy], e2[ix, iy] - r2[ix, iy], sv, u[ix, iy], uref[ix, iy],
+            if _over(e1[ix, iy] - r1[ix, iy], e2[ix, iy] - r2[ix, iy], sv, u, ix, iy,
                      yref[ix, iy], sref[ix, iy], lip, ytab, s0, sinv, u0, uinv, mode):
                 out[n] = ix * L2 + iy
                 n += 1
@@ -329,7 +328,7 @@ def _add_segment(row, G, dx, iy0, iy1, off, a, bb, nc):
 @njit(cache=True)
 def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
                use_rs, src, sdp1, sdp2, G, inc, use_dkt, dkt,
-               smean, b, self_frame, soft_on, ytab, s0, sinv, u0, uinv, yref, sref, uref, lip, mode,
+               smean, b, self_frame, soft_on, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode,
                done, over):
     """Add one frame's increments to every site and find what happens next.
 
@@ -347,7 +346,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
     (busy -= 1) and, when its release completes, takes its elastic
     (e1, e2) as the new residual (r1, r2) and is listed in ``done``.
     Every other non-busy site at or over threshold (with the updated S;
-    ``_over`` with the cache yref, sref, uref, lip) is listed in ``over``. Lists
+    ``_over`` with the cache yref, sref, lip) is listed in ``over``. Lists
     are in increasing flat index.
     Returns (number done, number over, sum of the updated S in flat order).
     """
@@ -400,7 +399,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
                 continue
             s[ix, iy] = sv
             ssum += sv
-            if _over(x1 - r1[ix, iy], x2 - r2[ix, iy], sv, u[ix, iy], uref[ix, iy], yref[ix, iy],
+            if _over(x1 - r1[ix, iy], x2 - r2[ix, iy], sv, u, ix, iy, yref[ix, iy],
                      sref[ix, iy], lip, ytab, s0, sinv, u0, uinv, mode):
                 over[no] = ix * L2 + iy
                 no += 1

@@ -232,10 +232,9 @@ class Table:
                 w[:self.n] = v[:self.n]
                 self._cols[k] = w
 
-    def append(self, **cols):
-        """Append rows: every column a scalar or an array of the same length m.
+    def append(self, m=1, **cols):
+        """Append m rows: every column a scalar or an array of length m.
         Columns not given are zero. Returns the first new row index."""
-        m = max((np.size(v) for v in cols.values()), default=1)
         self._reserve(m)
         for k, v in cols.items():
             self._cols[k][self.n:self.n + m] = v
@@ -350,7 +349,8 @@ class STEPModel:
         re-created from ``fft_wisdom`` when given; lattice/fft_plans.py).
 
     The state arrays (e1, e2, k, S, u, r1, r2) are public; between
-    avalanches they may be set from outside, followed by ``state_changed()``.
+    avalanches they may be set from outside, followed by ``state_changed()``
+    (required after changing u).
     """
 
     def __init__(self, L, calibration, options=ModelOptions(), seed=0, threads=1,
@@ -486,11 +486,10 @@ class STEPModel:
 
     def state_changed(self):
         """(Re)builds the threshold cache (eps_y at the current u and S,
-        dynamics module docstring). The cache checks itself (a changed u
-        forces the interpolation; the bound covers any S), so this is
-        optional after changing u or S from outside."""
+        dynamics module docstring). Required after changing u from outside
+        (the cache holds eps_y at each site's u); optional after changing S
+        (the bound covers any S)."""
         self._sref = self.S.copy()
-        self._uref = self.u.copy()
         self._yref = self.yield_strains()
 
     STATE_FIELDS = ("e1", "e2", "k", "S", "u", "r1", "r2")
@@ -536,7 +535,7 @@ class STEPModel:
         that brings a site to threshold; gamma += 2x. Returns (x, flat site)."""
         x, site = dyn.loading_step(self.e1, self.e2, self.r1, self.r2, self.S, self.u, self.busy,
                                    self.ytab, self._s0, self._sinv, self._u0, self._uinv,
-                                   self._yref, self._sref, self._uref, self._lip, self.mode)
+                                   self._yref, self._sref, self._lip, self.mode)
         if site < 0:
             raise RuntimeError("no site can be loaded (all busy)")
         self.e2 += x
@@ -614,7 +613,7 @@ class STEPModel:
         eps_y = dyn.yield_strains(self.u[ix, iy], self.S[ix, iy], self.ytab, self._s0, self._sinv,
                                   self._u0, self._uinv)
         first = self.rearrangements.append(
-            site_x=ix, site_y=iy, avalanche=aid, frame=self.frame, frame_end=-1, gamma=self.gamma,
+            sites.size, site_x=ix, site_y=iy, avalanche=aid, frame=self.frame, frame_end=-1, gamma=self.gamma,
             k=self.k[ix, iy], e1=e1, e2=e2, d1=e1 - self.r1[ix, iy], d2=e2 - self.r2[ix, iy],
             eps_y=eps_y, p1=p1, p2=p2, S_before=self.S[ix, iy], S_after=np.nan,
             r1=np.nan, r2=np.nan)
@@ -632,7 +631,11 @@ class STEPModel:
         """Releases completed this frame: new yield quantile u, table entries."""
         L = self.L
         ix, iy = sites // L, sites % L
-        self.u[ix, iy] = self.rng.random(sites.size)
+        u = self.rng.random(sites.size)
+        self.u[ix, iy] = u
+        s = self.S[ix, iy]
+        self._sref[ix, iy] = s  # the threshold cache follows the new u
+        self._yref[ix, iy] = dyn.yield_strains(u, s, self.ytab, self._s0, self._sinv, self._u0, self._uinv)
         rows = self.row_of_site[ix, iy]
         t = self.rearrangements
         t.col("S_after")[rows] = self.S[ix, iy]
@@ -686,7 +689,7 @@ class STEPModel:
             self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.busy, self.dp1, self.dp2,
             use_rs, active, dp1, dp2, self.G, self._inc, use_dkt, dkt_real,
             self._smean, p.b, p.self_frame, soft, self.ytab, self._s0, self._sinv, self._u0,
-            self._uinv, self._yref, self._sref, self._uref, self._lip, self.mode, self._done, self._over)
+            self._uinv, self._yref, self._sref, self._lip, self.mode, self._done, self._over)
         self._smean = ssum / (L * L) if soft else 0.0
         return nd, no
 
@@ -701,7 +704,7 @@ class STEPModel:
             dyn.shifted_sum(self._Ht, self.frame - self._tstart - 1, self._tsites, self.par.comp_amp, kt)
         no = dyn.relax_and_check(self.k, self.S, kt, self.par.b, self.opt.softness, self.e1, self.e2,
                                  self.r1, self.r2, self.u, self.busy, self.ytab, self._s0, self._sinv,
-                                 self._u0, self._uinv, self._yref, self._sref, self._uref, self._lip,
+                                 self._u0, self._uinv, self._yref, self._sref, self._lip,
                                  self.mode, self._over)
         self._clear_transient()
         self._smean = None

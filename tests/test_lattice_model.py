@@ -17,6 +17,7 @@ from scipy.interpolate import RegularGridInterpolator
 from step_epm.lattice.analysis import fit_power_law, stress_plateau
 from step_epm.lattice.calibration import (PLACEHOLDER, load_calibration, parse_calibration,
                                           placeholder_calibration)
+from step_epm.lattice import dynamics as dyn
 from step_epm.lattice.kernels import EshelbyKernels
 from step_epm.lattice.model import (ModelOptions, STEPModel, marginal_yield_table, periodic_extent,
                                     radial_profile, site_average_kernel)
@@ -123,6 +124,7 @@ def test_single_rearrangement_on_uniform_S_follows_update_law(volumetric):
     m.u[:] = 0.5
     i = (5, 9)
     m.u[i] = 0.0
+    m.state_changed()
     x, site = m.load()
     assert site == i[0] * L + i[1] and x == pytest.approx(0.005, rel=1e-14)
     e1b, e2b, kb = m.e1.copy(), m.e2.copy(), m.k.copy()
@@ -216,6 +218,18 @@ def test_records_are_consistent(ran):
     assert np.all(eps >= r["eps_y"] * (1 - 1e-12))
     assert np.all(np.diff(a["gamma"]) >= 0) and np.all(np.diff(r["frame"]) >= 0)
     assert np.all((a["n_sites"] <= a["size"]) & (a["n_sites"] >= 1))
+
+
+def test_threshold_cache_holds_eps_y_at_each_sites_current_u(ran):
+    """The per-site threshold cache (dynamics module docstring) after many
+    avalanches: yref is exactly eps_y at the site's current u and the cached
+    S (every new u refreshed its entry), so the bound eps_y >= yref -
+    lip |S - sref| holds for every site at its current S."""
+    m = ran
+    assert len(m.rearrangements) > 100
+    np.testing.assert_array_equal(m._yref, dyn.yield_strains(m.u, m._sref, m.ytab, m._s0, m._sinv,
+                                                             m._u0, m._uinv))
+    assert np.all(m.yield_strains() >= m._yref - m._lip * np.abs(m.S - m._sref) - 1e-15)
 
 
 def test_stress_strain_reaches_plateau(cal):
