@@ -19,10 +19,22 @@ rearranging sites per frame; printed and stored in benchmark.extra_info.
 realspace_max_sources = 0, so every frame uses the whole-field transforms
 (the dense regime's frame cost, which does not depend on the number of
 busy sites; ours only).
+
+``test_lattice_steady_state_frames``: the same comparison in steady state
+(the stress plateau, where avalanches are large and most frames have
+several busy sites and a live volumetric transient), with both FFT
+planners (lattice/fft_plans.py). The steady state is reached by running
+the model to gamma = STEADY_GAMMA once (about 1 min at L = 128, 10 min at
+L = 256 on one core; L = 512 only with STEP_BENCH_STEADY_512=1, hours) and
+cached in benchmarks/.cache/ (keyed by L, seed, calibration and gamma).
 """
 
+import json
+import os
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from step_epm.lattice.calibration import load_calibration
@@ -105,3 +117,63 @@ def test_lattice_transform_frames(benchmark, L):
     benchmark.extra_info.update({"L": L, "frames": frames, "rearrangements": rearr,
                                  "transform_ms_per_frame": ms})
     print(f"\nL={L}, transforms every frame: {frames} frames, {rearr} rearrangements: {ms:.3f} ms/frame")
+
+
+STEADY_GAMMA = 1.0
+STEADY_SIZES = [64, 128, 256] + ([512] if os.environ.get("STEP_BENCH_STEADY_512") else [])
+STEADY_AVALANCHES = {64: 400, 128: 200, 256: 100, 512: 40}
+CACHE = Path(__file__).parent / ".cache"
+
+
+def steady_state(L, seed=0):
+    """The full model's state after loading to STEADY_GAMMA (cached)."""
+    cal = load_calibration()
+    path = CACHE / f"steady_L{L}_seed{seed}_gamma{STEADY_GAMMA:g}_{cal.sha256()[:12]}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in STEPModel.STATE_FIELDS}
+            d.update(gamma=float(z["gamma"]), frame=int(z["frame"]), n_avalanches=int(z["n_avalanches"]),
+                     rng=json.loads(str(z["rng"])))
+        return d
+    model = STEPModel(L, cal, ModelOptions(), seed=seed, threads=1, snapshots=False)
+    while model.gamma < STEADY_GAMMA:
+        model.avalanche()
+    d = model.get_state()
+    CACHE.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **{k: d[k] for k in STEPModel.STATE_FIELDS}, gamma=d["gamma"], frame=d["frame"],
+             n_avalanches=d["n_avalanches"], rng=json.dumps(d["rng"]))
+    os.replace(tmp, path)
+    return d
+
+
+@pytest.mark.parametrize("L", STEADY_SIZES)
+def test_lattice_steady_state_frames(benchmark, L):
+    state = steady_state(L)
+    n = STEADY_AVALANCHES[L]
+    models = {planner: STEPModel(L, load_calibration(), ModelOptions(), seed=0, threads=1, snapshots=False,
+                                 fft_planner=planner) for planner in ("estimate", "measure")}
+
+    def restored(planner):
+        m = models[planner]
+        m.set_state(state)
+        return m
+
+    t_est, frames, rearr = _best(lambda: restored("estimate"), n, ROUNDS_OURS)
+    t_mea, frames_m, rearr_m = _best(lambda: restored("measure"), n, ROUNDS_OURS)
+    assert (frames_m, rearr_m) == (frames, rearr)
+    benchmark.pedantic(_run, setup=lambda: ((restored("estimate"), n), {}), rounds=ROUNDS_OURS, iterations=1)
+    theirs, frames_np, rearr_np = _best(lambda: NumpySTEP(restored("estimate")), n, ROUNDS_NUMPY)
+    assert (frames_np, rearr_np) == (frames, rearr)
+    t = models["estimate"].rearrangements
+    busy = float((t["frame_end"][-rearr:] - t["frame"][-rearr:]).sum())
+    ms, ms_m, ms_np = (1e3 * x / frames for x in (t_est, t_mea, theirs))
+    info = {"L": L, "gamma": state["gamma"], "frames": frames, "rearrangements": rearr,
+            "sources_per_frame": busy / frames, "ms_per_frame": ms, "ms_per_frame_measure": ms_m,
+            "rearrangements_per_s": rearr / t_est, "numpy_ms_per_frame": ms_np,
+            "ratio_numpy_over_ours": ms_np / ms, "ratio_estimate_over_measure": ms / ms_m}
+    benchmark.extra_info.update(info)
+    print(f"\nsteady state L={L} (gamma {state['gamma']:.3f}): {frames} frames, {rearr} rearrangements "
+          f"({busy / frames:.2f} busy sites per frame): ours {ms:.3f} ms/frame (estimate plans), "
+          f"{ms_m:.3f} (measure), {rearr / t_est:.0f} rearr/s; numpy {ms_np:.3f} ms/frame; "
+          f"ratio numpy/ours {ms_np / ms:.1f}")

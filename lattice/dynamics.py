@@ -292,15 +292,37 @@ def transient_step(Kt, decay, J, ring, age_slot, dkt):
             Kt[i, jj] = v
 
 
+@njit(cache=True, inline="always")
+def _sum4(a, ix, t0, t1, t2, t3):
+    """Add row ix of a (L1, L2) to four running sums: element iy to sum
+    iy % 4 (the remainder of a row not a multiple of 4 to the first ones).
+    Four independent sums run at one add per cycle (a single serial sum
+    waits for each add); field_stats and frame_pass use this same order."""
+    n = a.shape[1]
+    n4 = n - n % 4
+    for iy in range(0, n4, 4):
+        t0 += a[ix, iy]
+        t1 += a[ix, iy + 1]
+        t2 += a[ix, iy + 2]
+        t3 += a[ix, iy + 3]
+    if n4 < n:
+        t0 += a[ix, n4]
+    if n4 + 1 < n:
+        t1 += a[ix, n4 + 1]
+    if n4 + 2 < n:
+        t2 += a[ix, n4 + 2]
+    return t0, t1, t2, t3
+
+
 @njit(cache=True)
 def field_stats(f):
-    """(mean, standard deviation) of a field by serial sums in flat order
-    (the same summation as frame_pass's running sum)."""
+    """(mean, standard deviation) of an (L1, L2) field; the mean by the
+    summation order of frame_pass (``_sum4``), the variance by a serial sum."""
+    t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
+    for ix in range(f.shape[0]):
+        t0, t1, t2, t3 = _sum4(f, ix, t0, t1, t2, t3)
+    m = ((t0 + t1) + (t2 + t3)) / f.size
     a = f.ravel()
-    t = 0.0
-    for i in range(a.size):
-        t += a[i]
-    m = t / a.size
     v = 0.0
     for i in range(a.size):
         d = a[i] - m
@@ -311,18 +333,23 @@ def field_stats(f):
 @njit(cache=True, inline="always")
 def _add_segment(row, G, dx, iy0, iy1, off, a, bb, nc):
     """row[c, iy] += kernel increments of one source for iy0 <= iy < iy1,
-    kernel column dy = iy - off (G planes as in frame_pass)."""
+    kernel column dy = iy - off (G planes as in frame_pass). The indices are
+    unsigned (all are >= 0): numba then emits no negative-index wraparound,
+    and the loops vectorise (1.5x faster than with signed indices)."""
+    dxu = np.uintp(dx)
     for iy in range(iy0, iy1):
-        dy = iy - off
-        g = G[3, dx, dy]
-        row[0, iy] += G[0, dx, dy] * a + G[1, dx, dy] * bb
-        row[1, iy] += G[2, dx, dy] * a + g * bb
-        row[2, iy] += g * a + G[4, dx, dy] * bb
+        dy = np.uintp(iy - off)
+        i = np.uintp(iy)
+        g = G[3, dxu, dy]
+        row[0, i] += G[0, dxu, dy] * a + G[1, dxu, dy] * bb
+        row[1, i] += G[2, dxu, dy] * a + g * bb
+        row[2, i] += g * a + G[4, dxu, dy] * bb
     if nc > 5:
         for iy in range(iy0, iy1):
-            dy = iy - off
-            row[3, iy] += G[5, dx, dy]
-            row[4, iy] += G[6, dx, dy]
+            dy = np.uintp(iy - off)
+            i = np.uintp(iy)
+            row[3, i] += G[5, dxu, dy]
+            row[4, i] += G[6, dxu, dy]
 
 
 @njit(cache=True)
@@ -346,16 +373,22 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
     (busy -= 1) and, when its release completes, takes its elastic
     (e1, e2) as the new residual (r1, r2) and is listed in ``done``.
     Every other non-busy site at or over threshold (with the updated S;
-    ``_over`` with the cache yref, sref, lip) is listed in ``over``. Lists
-    are in increasing flat index.
-    Returns (number done, number over, sum of the updated S in flat order).
+    the decision of ``_over`` with the cache yref, sref, lip) is listed in
+    ``over``. Lists are in increasing flat index.
+
+    Per row, one branch-free loop (it vectorises) updates every site and
+    flags the busy ones and those the threshold bound does not clear; a
+    second loop finishes only the flagged sites (the exact threshold,
+    releases), and the row's S joins the lattice sum (``_sum4`` order).
+    Returns (number done, number over, sum of the updated S).
     """
     L1, L2 = e1.shape
     ns = src.size
     nc = G.shape[0] if soft_on else 5
     row = np.zeros((5, L2))
+    flag = np.zeros(L2, dtype=np.uint8)
     nd, no = 0, 0
-    ssum = 0.0
+    t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
     for ix in range(L1):
         if use_rs:
             row[:] = 0.0
@@ -369,38 +402,48 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
             if use_dkt:
                 for iy in range(L2):
                     row[0, iy] += dkt[ix, iy]
+            w0, w1, w2, w3, w4 = row[0], row[1], row[2], row[3], row[4]
+        else:
+            w0, w1, w2, w3, w4 = inc[0, ix], inc[1, ix], inc[2, ix], inc[3, ix], inc[4, ix]
+        ke, e1r, e2r, sr_, r1r, r2r = k[ix], e1[ix], e2[ix], s[ix], r1[ix], r2[ix]
+        yrr, srr, br = yref[ix], sref[ix], busy[ix]
         for iy in range(L2):
-            if use_rs:
-                dk, d1, d2, c0, c1 = row[0, iy], row[1, iy], row[2, iy], row[3, iy], row[4, iy]
-            else:
-                dk, d1, d2 = inc[0, ix, iy], inc[1, ix, iy], inc[2, ix, iy]
-                c0, c1 = inc[3, ix, iy], inc[4, ix, iy]
-            k[ix, iy] += dk
-            x1 = e1[ix, iy] + d1
-            x2 = e2[ix, iy] + d2
-            e1[ix, iy] = x1
-            e2[ix, iy] = x2
-            sv = s[ix, iy]
+            dk = w0[iy]
+            ke[iy] += dk
+            x1 = e1r[iy] + w1[iy]
+            x2 = e2r[iy] + w2[iy]
+            e1r[iy] = x1
+            e2r[iy] = x2
+            sv = sr_[iy]
             if soft_on:
-                sv = sv + c0 + c1 * (sv - smean) + b * dk
-            if busy[ix, iy] > 0:
+                sv = sv + w3[iy] + w4[iy] * (sv - smean) + b * dk
+                sr_[iy] = sv
+            q1 = x1 - r1r[iy]
+            q2 = x2 - r2r[iy]
+            yb = _bound(sv, yrr[iy], srr[iy], lip)
+            if mode == 0:
+                clear = (yb > 0.0) & (4.0 * (q1 * q1 + q2 * q2) < yb * yb)
+            else:
+                clear = 2.0 * abs(q2) < yb
+            flag[iy] = np.uint8(br[iy] > 0) | np.uint8(not clear)
+        for iy in range(L2):
+            if flag[iy] == 0:
+                continue
+            if br[iy] > 0:
                 if soft_on:
-                    sv += self_frame
-                s[ix, iy] = sv
-                ssum += sv
-                busy[ix, iy] -= 1
-                if busy[ix, iy] == 0:
-                    r1[ix, iy] = x1
-                    r2[ix, iy] = x2
+                    sr_[iy] += self_frame
+                br[iy] -= 1
+                if br[iy] == 0:
+                    r1r[iy] = e1r[iy]
+                    r2r[iy] = e2r[iy]
                     dp1[ix, iy] = 0.0
                     dp2[ix, iy] = 0.0
                     done[nd] = ix * L2 + iy
                     nd += 1
                 continue
-            s[ix, iy] = sv
-            ssum += sv
-            if _over(x1 - r1[ix, iy], x2 - r2[ix, iy], sv, u, ix, iy, yref[ix, iy],
-                     sref[ix, iy], lip, ytab, s0, sinv, u0, uinv, mode):
+            if _over(e1r[iy] - r1r[iy], e2r[iy] - r2r[iy], sr_[iy], u, ix, iy, yrr[iy],
+                     srr[iy], lip, ytab, s0, sinv, u0, uinv, mode):
                 over[no] = ix * L2 + iy
                 no += 1
-    return nd, no, ssum
+        t0, t1, t2, t3 = _sum4(s, ix, t0, t1, t2, t3)
+    return nd, no, (t0 + t1) + (t2 + t3)
