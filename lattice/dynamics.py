@@ -243,7 +243,7 @@ def source_spectrum(src, amp, ex, ey, out):
 def shifted_sum(planes, idx, src, w, out):
     """out[r] = w * sum_j planes[idx[j], r - r_j] (periodic offsets; src flat
     site indices, planes (n, L, L)); overwrites out (L, L). Sources in
-    order, rows contiguous."""
+    order, rows contiguous; unsigned indices (see _add_segment)."""
     L1, L2 = out.shape
     out[:] = 0.0
     for j in range(src.size):
@@ -252,10 +252,51 @@ def shifted_sum(planes, idx, src, w, out):
             dx = ix - sx
             if dx < 0:
                 dx += L1
+            dxu = np.uintp(dx)
             for iy in range(sy, L2):
-                out[ix, iy] += w * planes[p, dx, iy - sy]
+                out[ix, iy] += w * planes[p, dxu, np.uintp(iy - sy)]
             for iy in range(sy):
-                out[ix, iy] += w * planes[p, dx, iy - sy + L2]
+                out[ix, iy] += w * planes[p, dxu, np.uintp(iy - sy + L2)]
+
+
+@njit(cache=True)
+def start_sites(sites, e1, e2, k, s, r1, r2, u, dp1, dp2, busy, phi, self1, self2, n_frames,
+                ytab, s0, sinv, u0, uinv, rec):
+    """Rearrangements starting at the flat ``sites``: plastic strain
+    p = -phi e / self term of the site's elastic (e1, e2), released as
+    p / n_frames per frame (dp1, dp2; busy = n_frames). Writes the record
+    rows rec[:, j] = (k, e1, e2, d1, d2, eps_y, p1, p2, S) of site j."""
+    kf, e1f, e2f, sf = k.ravel(), e1.ravel(), e2.ravel(), s.ravel()
+    r1f, r2f, uf = r1.ravel(), r2.ravel(), u.ravel()
+    dp1f, dp2f, bf = dp1.ravel(), dp2.ravel(), busy.ravel()
+    for j in range(sites.size):
+        i = sites[j]
+        a, c = e1f[i], e2f[i]
+        p1 = -phi * a / self1
+        p2 = -phi * c / self2
+        dp1f[i] = p1 / n_frames
+        dp2f[i] = p2 / n_frames
+        bf[i] = n_frames
+        rec[0, j], rec[1, j], rec[2, j] = kf[i], a, c
+        rec[3, j], rec[4, j] = a - r1f[i], c - r2f[i]
+        rec[5, j] = _yield(uf[i], sf[i], ytab, s0, sinv, u0, uinv)
+        rec[6, j], rec[7, j], rec[8, j] = p1, p2, sf[i]
+
+
+@njit(cache=True)
+def complete_sites(sites, unew, s, r1, r2, u, yref, sref, ytab, s0, sinv, u0, uinv, rec):
+    """Releases completed at the flat ``sites``: the new quantiles unew go
+    to u and the threshold cache follows (yref = eps_y(unew, S), sref = S).
+    Writes rec[:, j] = (S, r1, r2) of site j."""
+    sf, r1f, r2f, uf = s.ravel(), r1.ravel(), r2.ravel(), u.ravel()
+    yf, srf = yref.ravel(), sref.ravel()
+    for j in range(sites.size):
+        i = sites[j]
+        sv = sf[i]
+        uf[i] = unew[j]
+        srf[i] = sv
+        yf[i] = _yield(unew[j], sv, ytab, s0, sinv, u0, uinv)
+        rec[0, j], rec[1, j], rec[2, j] = sv, r1f[i], r2f[i]
 
 
 @njit(cache=True)

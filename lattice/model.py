@@ -601,23 +601,19 @@ class STEPModel:
     def _start(self, sites, aid):
         """Rearrangements starting this frame: plastic strain relaxing the
         fraction phi of the site's own elastic (e1, e2) through the
-        (unrescaled) self term, released in n_frames equal parts."""
+        (unrescaled) self term, released in n_frames equal parts
+        (dynamics.start_sites)."""
         L, p = self.L, self.par
-        ix, iy = sites // L, sites % L
-        e1, e2 = self.e1[ix, iy], self.e2[ix, iy]
-        p1 = -p.phi * e1 / self.self1
-        p2 = -p.phi * e2 / self.self2
-        self.dp1[ix, iy] = p1 / p.n_frames
-        self.dp2[ix, iy] = p2 / p.n_frames
-        self.busy[ix, iy] = p.n_frames
-        eps_y = dyn.yield_strains(self.u[ix, iy], self.S[ix, iy], self.ytab, self._s0, self._sinv,
-                                  self._u0, self._uinv)
+        rec = np.empty((9, sites.size))
+        dyn.start_sites(sites, self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.dp1,
+                        self.dp2, self.busy, p.phi, self.self1, self.self2, p.n_frames, self.ytab,
+                        self._s0, self._sinv, self._u0, self._uinv, rec)
+        k, e1, e2, d1, d2, eps_y, p1, p2, s = rec
         first = self.rearrangements.append(
-            sites.size, site_x=ix, site_y=iy, avalanche=aid, frame=self.frame, frame_end=-1, gamma=self.gamma,
-            k=self.k[ix, iy], e1=e1, e2=e2, d1=e1 - self.r1[ix, iy], d2=e2 - self.r2[ix, iy],
-            eps_y=eps_y, p1=p1, p2=p2, S_before=self.S[ix, iy], S_after=np.nan,
-            r1=np.nan, r2=np.nan)
-        self.row_of_site[ix, iy] = first + np.arange(sites.size)
+            sites.size, site_x=sites // L, site_y=sites % L, avalanche=aid, frame=self.frame, frame_end=-1,
+            gamma=self.gamma, k=k, e1=e1, e2=e2, d1=d1, d2=d2, eps_y=eps_y, p1=p1, p2=p2,
+            S_before=s, S_after=np.nan, r1=np.nan, r2=np.nan)
+        self.row_of_site.ravel()[sites] = first + np.arange(sites.size)
         if self.opt.volumetric:
             self._tsites = np.concatenate([self._tsites, sites])
             self._tstart = np.concatenate([self._tstart, np.full(sites.size, self.frame)])
@@ -628,21 +624,20 @@ class STEPModel:
             self._transient_live = True
 
     def _complete(self, sites):
-        """Releases completed this frame: new yield quantile u, table entries."""
-        L = self.L
-        ix, iy = sites // L, sites % L
-        u = self.rng.random(sites.size)
-        self.u[ix, iy] = u
-        s = self.S[ix, iy]
-        self._sref[ix, iy] = s  # the threshold cache follows the new u
-        self._yref[ix, iy] = dyn.yield_strains(u, s, self.ytab, self._s0, self._sinv, self._u0, self._uinv)
-        rows = self.row_of_site[ix, iy]
+        """Releases completed this frame: new yield quantile u (and its
+        threshold cache entry), table entries."""
+        rec = np.empty((3, sites.size))
+        dyn.complete_sites(sites, self.rng.random(sites.size), self.S, self.r1, self.r2, self.u,
+                           self._yref, self._sref, self.ytab, self._s0, self._sinv, self._u0,
+                           self._uinv, rec)
+        rows_of = self.row_of_site.ravel()
+        rows = rows_of[sites]
         t = self.rearrangements
-        t.col("S_after")[rows] = self.S[ix, iy]
+        t.col("S_after")[rows] = rec[0]
         t.col("frame_end")[rows] = self.frame
-        t.col("r1")[rows] = self.r1[ix, iy]
-        t.col("r2")[rows] = self.r2[ix, iy]
-        self.row_of_site[ix, iy] = -1
+        t.col("r1")[rows] = rec[1]
+        t.col("r2")[rows] = rec[2]
+        rows_of[sites] = -1
 
     def _frame(self, active):
         """One frame with the busy sites ``active`` (sorted flat indices):
