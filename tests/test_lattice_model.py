@@ -232,6 +232,27 @@ def test_threshold_cache_holds_eps_y_at_each_sites_current_u(ran):
     assert np.all(m.yield_strains() >= m._yref - m._lip * np.abs(m.S - m._sref) - 1e-15)
 
 
+@pytest.mark.parametrize("L", [10, 12])
+def test_frame_sum_of_S_is_the_field_stats_mean(cal, L):
+    """frame_pass returns the lattice sum of the updated S in the summation
+    order of field_stats (four interleaved sums; L = 10 leaves a remainder
+    of 2 per row): a frame without increments gives exactly L^2 times the
+    field_stats mean, and the sum to within round-off of the exact one."""
+    m = STEPModel(L, cal, ModelOptions(), seed=2)
+    for _ in range(20):
+        m.avalanche()
+    S = m.S.copy()
+    none = np.zeros(0, dtype=np.int64)
+    _, _, ssum = dyn.frame_pass(m.e1.copy(), m.e2.copy(), m.k.copy(), S, m.r1.copy(), m.r2.copy(), m.u,
+                                m.busy.copy(), m.dp1.copy(), m.dp2.copy(), True, none, np.zeros(0),
+                                np.zeros(0), m.G, m._inc, False, m._dkt_real, 0.0, m.par.b, m.par.self_frame,
+                                True, m.ytab, m._s0, m._sinv, m._u0, m._uinv, m._yref.copy(),
+                                m._sref.copy(), m._lip, m.mode, m._done.copy(), m._over.copy())
+    assert np.array_equal(S, m.S)  # no increments: S unchanged
+    assert ssum / S.size == dyn.field_stats(S)[0]
+    assert ssum == pytest.approx(math.fsum(S.ravel()), rel=1e-14)
+
+
 def test_stress_strain_reaches_plateau(cal):
     """Before the first avalanche the response is elastic, stress = mu gamma
     (sigma_xy = 2 mu e2, e2 = gamma / 2). Later the stress saturates: over
