@@ -5,9 +5,9 @@ Run on demand (not collected by pytest; minutes per L):
 
     NUMBA_NUM_THREADS=1 python benchmarks/lattice_tau.py --sizes 64 128 256 --seconds 180
 
-For each L a classic-EPM lattice (conf/lattice_model/classic: e2 trigger,
-softness off, volumetric off; default calibration, seed 0, one FFTW
-thread) is sheared by avalanches for ``--seconds`` of wall time. The
+For each L a lattice of the variant ``--model`` (any preset of
+conf/lattice_model/; default classic: e2 trigger, softness off, volumetric
+off; default calibration, seed 0, one FFTW thread) is sheared by avalanches for ``--seconds`` of wall time. The
 avalanches after the stress plateau is reached (gamma >= the larger of
 ``--gamma-ss`` and half the final strain) are analysed:
 
@@ -26,16 +26,28 @@ import argparse
 import json
 import math
 import time
+from importlib import resources
 
 import numpy as np
+import yaml
 from scipy.stats import linregress
 
 from step_epm.lattice.analysis import fit_power_law
 from step_epm.lattice.calibration import load_calibration
 from step_epm.lattice.model import ModelOptions, STEPModel
 
-MODELS = {"classic": ModelOptions(trigger="e2", softness=False, volumetric=False),
-          "step": ModelOptions()}
+def _presets():
+    """The model variants of conf/lattice_model/ (name -> ModelOptions)."""
+    out = {}
+    for f in resources.files("step_epm.conf").joinpath("lattice_model").iterdir():
+        if f.name.endswith(".yaml"):
+            d = yaml.safe_load(f.read_text())
+            out[d["name"]] = ModelOptions(trigger=d["trigger"], softness=d["softness"],
+                                          volumetric=d["volumetric"], elastic=d["elastic"])
+    return out
+
+
+MODELS = _presets()
 
 
 def run(L, seconds, gamma_ss, seed=0, model="classic"):
@@ -76,7 +88,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=180.0, help="wall time per L")
     ap.add_argument("--gamma-ss", type=float, default=0.0, help="analyse avalanches from this strain on")
     ap.add_argument("--model", choices=sorted(MODELS), default="classic",
-                    help="classic EPM or the full STEP model")
+                    help="a model variant of conf/lattice_model/ (classic EPM, the full STEP model, ablations)")
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
