@@ -367,7 +367,6 @@ class STEPModel:
         self.par = p = LatticeParams.from_calibration(calibration, options)
         self.mode = TRIGGERS[options.trigger]
         planner = Planner(fft_planner, fft_wisdom)
-        self.fft_planner = fft_planner
         self.K = K = EshelbyKernels(L, p.lam, p.mu, threads, planner)
         st = K.self_term()
         self.self1, self.self2 = float(st[1, 0]), float(st[2, 1])
