@@ -59,6 +59,14 @@ def _run(model, n):
     return model.frame - f0, r1 - r0
 
 
+def _restorer(model, state):
+    """A function that resets ``model`` to ``state`` and returns it."""
+    def restored():
+        model.set_state(state)
+        return model
+    return restored
+
+
 def _best(make, n, rounds):
     """Best wall time of ``rounds`` runs of n avalanches, each on make()."""
     best = float("inf")
@@ -76,10 +84,7 @@ def test_lattice_frames(benchmark, L):
     _run(model, WARMUP)
     state = model.get_state()
     n = AVALANCHES[L]
-
-    def restored():
-        model.set_state(state)
-        return model
+    restored = _restorer(model, state)
 
     ours, frames, rearr = _best(restored, n, ROUNDS_OURS)
     benchmark.pedantic(_run, setup=lambda: ((restored(), n), {}), rounds=ROUNDS_OURS, iterations=1)
@@ -106,10 +111,7 @@ def test_lattice_transform_frames(benchmark, L):
     dense = STEPModel(L, load_calibration(), ModelOptions(), seed=0, threads=1, snapshots=False,
                       realspace_max_sources=0)
     n = AVALANCHES[L]
-
-    def restored():
-        dense.set_state(state)
-        return dense
+    restored = _restorer(dense, state)
 
     ours, frames, rearr = _best(restored, n, ROUNDS_OURS)
     benchmark.pedantic(_run, setup=lambda: ((restored(), n), {}), rounds=ROUNDS_OURS, iterations=1)
@@ -153,11 +155,10 @@ def test_lattice_steady_state_frames(benchmark, L):
     n = STEADY_AVALANCHES[L]
     models = {planner: STEPModel(L, load_calibration(), ModelOptions(), seed=0, threads=1, snapshots=False,
                                  fft_planner=planner) for planner in ("estimate", "measure")}
+    restorers = {planner: _restorer(m, state) for planner, m in models.items()}
 
     def restored(planner):
-        m = models[planner]
-        m.set_state(state)
-        return m
+        return restorers[planner]()
 
     t_est, frames, rearr = _best(lambda: restored("estimate"), n, ROUNDS_OURS)
     t_mea, frames_m, rearr_m = _best(lambda: restored("measure"), n, ROUNDS_OURS)
