@@ -323,6 +323,23 @@ def _stiffness(dx, dy, s):
             d2 * ny * ny + t * (1.0 - ny * ny), True)
 
 
+@njit(cache=True, inline="always")
+def _newton_stiffness(dx, dy, s, hsec):
+    """_stiffness, with the secant normal stiffness through touching,
+    -u'(r) / (s - r) = (2/3) u'', on a contact whose overlap h = 1 - r/s is
+    below hsec (hsec = 0: exact; see hertz_hessian_triplets)."""
+    kxx, kxy, kyy, touching = _stiffness(dx, dy, s)
+    if touching:
+        r = math.sqrt(dx * dx + dy * dy)
+        if 1.0 - r / s < hsec:
+            # subtract (1/3) u'' n n
+            d2 = 1.25 / (s * s) * math.sqrt(1.0 - r / s) / (r * r)
+            kxx -= d2 * dx * dx
+            kxy -= d2 * dx * dy
+            kyy -= d2 * dy * dy
+    return kxx, kxy, kyy, touching
+
+
 @njit(cache=True)
 def hertz_hessian_triplets(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec):
     """Sparse Hessian d2U/dx dx of the 2N coordinates (x0, y0, x1, y1, ...).
@@ -357,18 +374,10 @@ def hertz_hessian_triplets(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec)
             if j <= i:
                 continue
             dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
-            s = rad[i] + rad[j]
-            kxx, kxy, kyy, touching = _stiffness(dx, dy, s)
+            kxx, kxy, kyy, touching = _newton_stiffness(dx, dy, rad[i] + rad[j], hsec)
             if touching:
                 contacts[i] += 1
                 contacts[j] += 1
-                r = math.sqrt(dx * dx + dy * dy)
-                if 1.0 - r / s < hsec:
-                    # subtract (1/3) u'' n n
-                    d2 = 1.25 / (s * s) * math.sqrt(1.0 - r / s) / (r * r)
-                    kxx -= d2 * dx * dx
-                    kxy -= d2 * dx * dy
-                    kyy -= d2 * dy * dy
             blk = (kxx, kxy, kxy, kyy)
             for a in range(2):
                 for b in range(2):
@@ -378,6 +387,131 @@ def hertz_hessian_triplets(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec)
                     rows[q] = 2 * i + a; cols[q] = 2 * j + b; vals[q] = -v; q += 1
                     rows[q] = 2 * j + a; cols[q] = 2 * i + b; vals[q] = -v; q += 1
     return rows, cols, vals, contacts
+
+
+@njit(cache=True, inline="always")
+def _coupled_neighbours(i, offsets, nbr, touch, loose, js, ks):
+    """Sorted coupled contact partners of particle i for newton_matrix: fills
+    js[:m] with i itself and every touching j that is not loose (ascending)
+    and ks[:m] with the list entry of each (-1 for i); returns m."""
+    js[0] = i
+    ks[0] = -1
+    m = 1
+    for k in range(offsets[i], offsets[i + 1]):
+        j = nbr[k]
+        if touch[k] and not loose[j]:
+            p = m
+            while p > 0 and js[p - 1] > j:  # insertion sort: a handful of entries
+                js[p] = js[p - 1]
+                ks[p] = ks[p - 1]
+                p -= 1
+            js[p] = j
+            ks[p] = k
+            m += 1
+    return m
+
+
+@njit(cache=True, parallel=True)
+def newton_matrix(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec, shift, loose, given):
+    """The Newton solver's matrix H + D as a (2N, 2N) CSC array triple.
+
+    H is the Hessian of hertz_hessian_triplets (secant stiffness below
+    overlap hsec) with every row and column of the decoupled ("loose")
+    particles removed; D is diagonal: typical = mean(diag H) (the full H)
+    on the loose particles' coordinates and shift * typical on all others.
+    loose (N,) bool is read if ``given``, else set to (contacts < 2).
+
+    Returns (indptr (2N + 1,), indices, data): int32 indices, sorted
+    within each column (State guarantees one image per pair), so SuperLU
+    takes the arrays as they are. Column 2i + b holds the rows
+    2j + a of i and of its touching, coupled partners j.
+    """
+    n = pos.shape[0]
+    xy = tilt * Ly
+    nk = nbr.shape[0]
+    blk = np.zeros((nk, 3))
+    touch = np.zeros(nk, np.bool_)
+    diag = np.zeros((n, 3))
+    contacts = np.zeros(n, np.int64)
+    for i in prange(n):
+        c = 0
+        dxx = 0.0
+        dxy = 0.0
+        dyy = 0.0
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
+            kxx, kxy, kyy, touching = _newton_stiffness(dx, dy, rad[i] + rad[j], hsec)
+            if touching:
+                c += 1
+                touch[k] = True
+                blk[k, 0] = kxx
+                blk[k, 1] = kxy
+                blk[k, 2] = kyy
+                dxx += kxx
+                dxy += kxy
+                dyy += kyy
+        contacts[i] = c
+        diag[i, 0] = dxx
+        diag[i, 1] = dxy
+        diag[i, 2] = dyy
+    if not given:
+        for i in range(n):
+            loose[i] = contacts[i] < 2
+    trace = 0.0
+    for i in range(n):
+        trace += diag[i, 0] + diag[i, 2]
+    typical = max(trace / (2 * n), np.finfo(np.float64).tiny)
+    width = 1
+    for i in range(n):
+        width = max(width, offsets[i + 1] - offsets[i] + 1)
+    count = np.empty(n, np.int64)
+    for i in prange(n):
+        if loose[i]:
+            count[i] = 1
+            continue
+        js = np.empty(width, np.int64)
+        ks = np.empty(width, np.int64)
+        count[i] = 2 * _coupled_neighbours(i, offsets, nbr, touch, loose, js, ks)
+    indptr = np.empty(2 * n + 1, np.int32)
+    indptr[0] = 0
+    for i in range(n):
+        indptr[2 * i + 1] = indptr[2 * i] + count[i]
+        indptr[2 * i + 2] = indptr[2 * i + 1] + count[i]
+    nnz = indptr[2 * n]
+    indices = np.empty(nnz, np.int32)
+    data = np.empty(nnz)
+    for i in prange(n):
+        c0 = indptr[2 * i]
+        c1 = indptr[2 * i + 1]
+        if loose[i]:
+            indices[c0] = 2 * i
+            data[c0] = typical
+            indices[c1] = 2 * i + 1
+            data[c1] = typical
+            continue
+        js = np.empty(width, np.int64)
+        ks = np.empty(width, np.int64)
+        m = _coupled_neighbours(i, offsets, nbr, touch, loose, js, ks)
+        for p in range(m):
+            k = ks[p]
+            q = 2 * p
+            r = 2 * js[p]
+            indices[c0 + q] = r
+            indices[c0 + q + 1] = r + 1
+            indices[c1 + q] = r
+            indices[c1 + q + 1] = r + 1
+            if k < 0:
+                data[c0 + q] = diag[i, 0] + shift * typical
+                data[c0 + q + 1] = diag[i, 1]
+                data[c1 + q] = diag[i, 1]
+                data[c1 + q + 1] = diag[i, 2] + shift * typical
+            else:
+                data[c0 + q] = -blk[k, 0]
+                data[c0 + q + 1] = -blk[k, 1]
+                data[c1 + q] = -blk[k, 1]
+                data[c1 + q + 1] = -blk[k, 2]
+    return indptr, indices, data
 
 
 @njit(cache=True)

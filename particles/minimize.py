@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from . import kernels
-from .potential import NeighbourList, forces, hessian
+from .potential import NeighbourList, forces
 from .state import SKIN, State
 
 
@@ -213,16 +213,20 @@ class NewtonSolver:
 
     def _matrix(self, state: State, nlist: NeighbourList,
                 loose: np.ndarray | None = None) -> tuple[sp.csc_matrix, np.ndarray]:
-        """H + D of :meth:`factorize` (CSC) and the (N,) decoupled particles
-        (those with fewer than two contacts, or ``loose`` if given)."""
-        H, contacts = hessian(state, nlist, self.hsec)
-        typical = max(float(np.mean(H.diagonal())), np.finfo(float).tiny)
-        if loose is None:
-            loose = contacts < 2
-        loose2 = np.repeat(loose, 2)
-        keep = sp.diags((~loose2).astype(float), format="csc")
-        shift = np.where(loose2, typical, self.shift * typical)
-        return (keep @ H @ keep + sp.diags(shift, format="csc")).tocsc(), loose
+        """H + D of :meth:`factorize` (CSC, kernels.newton_matrix) and the (N,)
+        decoupled particles (those with fewer than two contacts, or ``loose``
+        if given)."""
+        offsets, nbr, imx, imy = nlist.update(state)
+        given = loose is not None
+        loose = loose.copy() if given else np.empty(state.n, np.bool_)
+        indptr, indices, data = kernels.newton_matrix(
+            state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy,
+            float(self.hsec), float(self.shift), loose, given)
+        n2 = 2 * state.n
+        A = sp.csc_matrix((data, indices, indptr), shape=(n2, n2))
+        A.has_sorted_indices = True
+        A.has_canonical_format = True
+        return A, loose
 
     def _pcg(self, state: State, nlist: NeighbourList, rhs: np.ndarray) -> np.ndarray | None:
         """Newton step by conjugate gradients on the current H + D (same

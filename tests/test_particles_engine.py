@@ -15,11 +15,13 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from step_epm.particles import (NewtonSolver, State, affine_force, elastic_constants,
                                 evaluate, fire, hessian, jammed_packing, minimize,
                                 random_state, steepest_descent)
 from step_epm.particles import kernels
+from step_epm.particles.potential import NeighbourList
 from step_epm.particles.state import SKIN
 
 FD_H = 1e-6
@@ -245,3 +247,37 @@ def test_shear_needs_a_square_box():
     state = random_state(64, 0.9, seed=0)
     with pytest.raises(ValueError, match="square box"):
         state.strained(1e-3, 0.0).sheared(1e-3)
+
+
+@pytest.mark.parametrize("n, gamma", [(16, 0.3), (64, -0.7), (128, 1.4)])
+def test_newton_matrix_is_the_hessian_with_loose_particles_decoupled(n, gamma):
+    """kernels.newton_matrix (direct CSC assembly) equals the same matrix built
+    from the COO Hessian: keep H keep + D, keep removing the particles with
+    fewer than two contacts, D = typical on theirs and shift * typical on the
+    others' diagonals, typical = mean(diag H). The larger states are partly
+    minimised so that some particles are loose. Entries are sums of the same few terms in another
+    order: equal to a few ulps."""
+    state = random_state(n, 0.9, seed=11).sheared(gamma)
+    if n > 16:
+        state, _ = fire(state, ftol=1e-6)
+    solver = NewtonSolver()
+    hsec, shift = solver.hsec, solver.shift
+    H, contacts = hessian(state, hsec=hsec)
+    loose = contacts < 2
+    typical = H.diagonal().mean()
+    keep = sp.diags(np.repeat(~loose, 2).astype(float))
+    expected = (keep @ H @ keep + sp.diags(np.where(np.repeat(loose, 2), typical, shift * typical))
+                ).toarray()
+    A, got_loose = solver._matrix(state, NeighbourList())
+    assert np.array_equal(got_loose, loose)
+    assert A.has_sorted_indices and A.indices.dtype == np.int32
+    np.testing.assert_allclose(A.toarray(), expected, rtol=0, atol=1e-14 * np.abs(expected).max())
+    # the decoupled set can be imposed (the PCG step reuses the LU's set)
+    imposed = np.zeros(n, bool)
+    imposed[:2] = True
+    B, same = solver._matrix(state, NeighbourList(), imposed)
+    assert np.array_equal(same, imposed)
+    keep = sp.diags(np.repeat(~imposed, 2).astype(float))
+    expected = (keep @ H @ keep + sp.diags(np.where(np.repeat(imposed, 2), typical, shift * typical))
+                ).toarray()
+    np.testing.assert_allclose(B.toarray(), expected, rtol=0, atol=1e-14 * np.abs(expected).max())
