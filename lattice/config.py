@@ -7,6 +7,7 @@ field (its dotted path), the value and the allowed range.
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -31,7 +32,8 @@ class GridConfig:
 
     threads: FFTW threads (a run resumes to the same bits only with the same
     count). realspace_max_sources: frames with at most this many rearranging
-    sites add real-space kernels; more use whole-field transforms.
+    sites add real-space kernels; more use whole-field transforms (null: the
+    break-even measured for L, lattice.model.default_realspace_max_sources).
     fft_planner: "estimate" (deterministic FFTW plans: every fresh run of a
     config gives the same bits) or "measure" (faster transforms; the plans
     are stored in the run file and a resume re-creates them, but two fresh
@@ -40,13 +42,14 @@ class GridConfig:
 
     L: int = 64
     threads: int = 1
-    realspace_max_sources: int = 8
+    realspace_max_sources: Optional[int] = None
     fft_planner: str = "estimate"
 
     def __post_init__(self):
         check_range("lattice.L", self.L, lo=8, hi=8192)
         check_range("lattice.threads", self.threads, lo=1, hi=256)
-        check_range("lattice.realspace_max_sources", self.realspace_max_sources, lo=0, hi=10**9)
+        if self.realspace_max_sources is not None:
+            check_range("lattice.realspace_max_sources", self.realspace_max_sources, lo=0, hi=10**9)
         check_choice("lattice.fft_planner", self.fft_planner, set(PLANNERS))
 
 

@@ -323,6 +323,18 @@ def periodic_extent(ix, iy, L):
 # The model
 # --------------------------------------------------------------------------
 
+def default_realspace_max_sources(L):
+    """The number of rearranging sites up to which a frame is cheaper with
+    real-space kernel adds than with whole-field transforms, on one core:
+    max(4, round(5 + 5.4 log2(L / 64))), i.e. 5, 10, 16, 21 at
+    L = 64, 128, 256, 512. Fitted to the break-even measured in steady
+    state (benchmarks/README.md: 5, 9.4, 15.8 at L = 64, 128, 256; a
+    real-space frame costs a + b n for n sources, a transform frame a
+    constant). A function of L only, so the choice of path, and with it
+    every bit of a run, follows from the config."""
+    return max(4, int(round(5.0 + 5.4 * np.log2(L / 64.0))))
+
+
 class AvalancheTooLong(RuntimeError):
     """An avalanche ran past the frame limit (a runaway: check the calibration)."""
 
@@ -341,6 +353,7 @@ class STEPModel:
         sites adds real-space kernels; more use whole-field transforms. The
         volumetric transient is added in real space too while it has at
         most this many sources, all younger than M frames (docs/model.md).
+        None: ``default_realspace_max_sources(L)``.
     max_frames : frame limit of one avalanche (AvalancheTooLong beyond).
     snapshots : keep the maps of the largest avalanche (copies 4 fields
         per avalanche).
@@ -354,14 +367,15 @@ class STEPModel:
     """
 
     def __init__(self, L, calibration, options=ModelOptions(), seed=0, threads=1,
-                 realspace_max_sources=8, max_frames=1_000_000, snapshots=True,
+                 realspace_max_sources=None, max_frames=1_000_000, snapshots=True,
                  fft_planner="estimate", fft_wisdom=None):
         L = int(L)
         if L < 8:
             raise ValueError(f"L must be >= 8, got {L}")
         self.L, self.cal, self.opt = L, calibration, options
         self.seed, self.threads = int(seed), int(threads)
-        self.realspace_max_sources = int(realspace_max_sources)
+        self.realspace_max_sources = (default_realspace_max_sources(L) if realspace_max_sources is None
+                                      else int(realspace_max_sources))
         self.max_frames = int(max_frames)
         self.snapshots = bool(snapshots)
         self.par = p = LatticeParams.from_calibration(calibration, options)

@@ -400,3 +400,14 @@ def test_power_law_fit_recovers_exponent():
 
 def test_placeholder_flag_is_stated(cal):
     assert not cal.calibrated and all(q.flag == PLACEHOLDER for q in cal.scalars.values())
+
+
+def test_default_realspace_max_sources_follows_from_L(cal):
+    """The default path choice is the fitted break-even (a function of L
+    only): increasing in L, the documented values, used when None is given."""
+    from step_epm.lattice.model import default_realspace_max_sources
+    values = [default_realspace_max_sources(L) for L in (8, 32, 64, 128, 256, 512, 1024)]
+    assert values == sorted(values) and min(values) >= 4
+    assert values[2:6] == [5, 10, 16, 21]
+    assert STEPModel(64, cal, ModelOptions()).realspace_max_sources == 5
+    assert STEPModel(64, cal, ModelOptions(), realspace_max_sources=0).realspace_max_sources == 0
