@@ -27,9 +27,10 @@ One strain step (:func:`aqs_step`):
 
 Determinism and resume. Every engine call starts from its input state only
 (neighbour lists are built at the call's start), except the Newton
-solver's LU factorisation, which is carried between steps. It is therefore
-always re-anchored at the stored state of the previous step
-(``solver.factorize(state, NeighbourList())`` after each step, and the
+solver's factorisation and its particle ordering, which are carried between
+steps. They are therefore always re-anchored at the stored state of the
+previous step (``solver.factorize(state, NeighbourList())``, a fresh
+ordering included, after each step, and the
 same on resume), so a resumed run repeats an uninterrupted one bit for bit
 (at the same thread count: the engine's reductions are thread-count
 independent).

@@ -422,8 +422,7 @@ def newton_matrix(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec, shift, l
     loose (N,) bool is read if ``given``, else set to (contacts < 2).
 
     Returns (indptr (2N + 1,), indices, data): int32 indices, sorted
-    within each column (State guarantees one image per pair), so SuperLU
-    takes the arrays as they are. Column 2i + b holds the rows
+    within each column (State guarantees one image per pair). Column 2i + b holds the rows
     2j + a of i and of its touching, coupled partners j.
     """
     n = pos.shape[0]

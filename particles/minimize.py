@@ -5,7 +5,8 @@ never modified) with a :class:`MinimizeResult`. Convergence is always
 max_i |F_i| < ftol (force units: energy / small-particle diameter).
 
 :func:`minimize` is the default path: it first tries Newton steps from the
-current state with a sparse LU factorisation kept in a :class:`NewtonSolver`
+current state with a sparse block LDL^T factorisation (:mod:`.block_ldl`)
+kept in a :class:`NewtonSolver`
 (reused across iterations and across strain steps while it still converges
 fast), falls back to FIRE down to ``newton_switch`` and then Newton, and
 finally to FIRE all the way. Every step is safeguarded so that it never
@@ -19,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from . import kernels
+from . import block_ldl, kernels
 from .potential import NeighbourList, forces
 from .state import SKIN, State
 
@@ -49,8 +50,8 @@ class MinimizeResult:
         energy: final total energy.
         iterations: FIRE iterations (or accepted steepest-descent steps).
         force_evals: force evaluations, all methods together.
-        newton_solves: linear solves with an LU factorisation.
-        factorizations: sparse LU factorisations computed.
+        newton_solves: linear solves with the sparse factorisation.
+        factorizations: sparse (block LDL^T) factorisations computed.
         method: which path converged ("newton", "fire+newton", "fire", "sd").
         time: overdamped time advanced (steepest descent only).
     """
@@ -128,7 +129,8 @@ def _max_norm(F: np.ndarray) -> float:
 
 
 class NewtonSolver:
-    """Safeguarded Newton iterations with a reusable sparse LU of the Hessian.
+    """Safeguarded Newton iterations with a reusable sparse factorisation of
+    the Hessian (block LDL^T, :mod:`.block_ldl`; called "the LU" below).
 
     The factorised matrix is H + D (see :meth:`factorize`). The LU is
     reused (chord iterations), across calls too (strain steps), until a
@@ -154,10 +156,18 @@ class NewtonSolver:
     And where a chord step was slow, the next step is an exact Newton step
     by preconditioned CG (:meth:`_pcg`: the current H + D, the stale LU as
     preconditioner, relative residual ``pcg_rtol``, at most ``pcg_maxiter``
-    iterations) instead of a refactorisation (a SuperLU factorisation costs
-    about 15 LU solves at N = 4000); the LU is refactorised only when CG
-    does not converge or the CG step was slow too. ``pcg_maxiter = 0``
-    refactorises as before.
+    iterations) instead of a refactorisation (a factorisation costs about
+    20 solves at N = 4000); the LU is refactorised only when CG does not
+    converge or the CG step was slow too. ``pcg_maxiter = 0`` refactorises
+    as before.
+
+    Orderings. :meth:`factorize` orders the particles afresh (minimum
+    degree on the contact graph, block_ldl.fill_reducing_order), so its
+    result is a function of the state alone (the AQS run re-anchors there
+    after every step, and a resumed run repeats an uninterrupted one bit
+    for bit). The refactorisations inside :meth:`solve` keep that ordering
+    and redo only the cheap symbolic analysis when the contact graph
+    gained a pair; the ordering is about twice a numeric factorisation.
     """
 
     def __init__(self, rate: float = 0.5, max_iter: int = 60, shift: float = 1e-10,
@@ -175,15 +185,19 @@ class NewtonSolver:
         self.pcg_calls = 0
         self.max_iter = max_iter
         self.shift = shift
-        self.lu = None
+        self.lu = None  # block_ldl.Factor of H + D
+        self.order = None  # (N,) node ordering of the last fresh factorize
+        self.sym = None  # block_ldl.Symbolic for it
         self.loose = None  # (N,) particles decoupled in the factorisation
         self.n = 0
         self.fresh = False  # the LU was computed at the current iterate
         self.factorizations = 0
         self.solves = 0
 
-    def factorize(self, state: State, nlist: NeighbourList | None = None) -> bool:
-        """LU-factorise H + D at ``state``; False if that fails.
+    def factorize(self, state: State, nlist: NeighbourList | None = None,
+                  keep_order: bool = False) -> bool:
+        """Factorise H + D at ``state`` (block LDL^T, no pivoting); False if
+        that fails (an exactly singular pivot block).
 
         D is diagonal: shift * mean(diag H) on every particle with two or
         more contacts, which makes the two translation modes regular (the
@@ -193,18 +207,29 @@ class NewtonSolver:
         whose single contact must open at equilibrium) are decoupled and
         get mean(diag H), i.e. a plain gradient step: their blocks are
         singular or indefinite and would otherwise send them (and, through
-        the translation modes, everyone) far away. The symmetric structure
-        is ordered by minimum degree on H + H^T without row pivoting (the
-        matrix is positive definite at a stable state).
+        the translation modes, everyone) far away. The particles are
+        ordered by minimum degree on the contact graph (``keep_order``:
+        the ordering of the last call instead, see the class docstring).
+        The matrix is positive definite at a stable state; an indefinite
+        one is factorised all the same (``self.lu.positive_definite``).
         """
         nlist = nlist or NeighbourList()
         A, loose = self._matrix(state, nlist)
+        indptr, indices = block_ldl.node_pattern(A)
+        if not keep_order or self.order is None or len(self.order) != state.n:
+            self.order = block_ldl.fill_reducing_order(indptr, indices)
+            self.sym = None
         try:
-            self.lu = spla.splu(A, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                                options={"SymmetricMode": True})
-        except RuntimeError:  # exactly singular
+            fac = block_ldl.factorize(self.sym, A) if self.sym is not None else None
+        except ValueError:  # the contact graph gained a pair: analyse again
+            fac = None
+        if fac is None:
+            self.sym = block_ldl.analyse(indptr, indices, self.order)
+            fac = block_ldl.factorize(self.sym, A)
+        if fac.singular:
             self.lu = None
             return False
+        self.lu = fac
         self.n = state.n
         self.loose = loose
         self.factorizations += 1
@@ -297,7 +322,7 @@ class NewtonSolver:
             if fmax < ftol:
                 break
             if self.lu is None or self.n != cur.n:
-                if not self.factorize(cur, nlist):
+                if not self.factorize(cur, nlist, keep_order=True):
                     notes.append("singular Hessian")
                     break
             if use_pcg:
