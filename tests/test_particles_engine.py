@@ -16,6 +16,7 @@ import itertools
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 
 from step_epm.particles import (NewtonSolver, State, affine_force, elastic_constants,
                                 evaluate, fire, hessian, jammed_packing, minimize,
@@ -281,3 +282,28 @@ def test_newton_matrix_is_the_hessian_with_loose_particles_decoupled(n, gamma):
     expected = (keep @ H @ keep + sp.diags(np.where(np.repeat(imposed, 2), typical, shift * typical))
                 ).toarray()
     np.testing.assert_allclose(B.toarray(), expected, rtol=0, atol=1e-14 * np.abs(expected).max())
+
+
+def test_factorize_depends_on_the_state_alone(jammed):
+    """NewtonSolver.factorize orders afresh, so its factor is the same bits
+    whatever the solver did before (what makes an AQS resume bitwise); with
+    keep_order the last ordering is reused and the factor still solves the
+    new matrix (backward error ||A x - b|| / (||A|| ||x||) at round-off, the
+    bound of tests/test_block_ldl.py)."""
+    state, _ = jammed
+    other = state.sheared(1e-3)
+    fresh, used = NewtonSolver(), NewtonSolver()
+    used.factorize(other)
+    fresh.factorize(state)
+    used.factorize(state)
+    np.testing.assert_array_equal(fresh.order, used.order)
+    np.testing.assert_array_equal(fresh.lu.Lx, used.lu.Lx)
+    np.testing.assert_array_equal(fresh.lu.D, used.lu.D)
+    assert fresh.lu.positive_definite
+    order = used.order.copy()
+    used.factorize(other, keep_order=True)
+    np.testing.assert_array_equal(used.order, order)
+    A, _ = used._matrix(other, NeighbourList())
+    b = np.random.default_rng(0).normal(size=A.shape[0])
+    x = used.lu.solve(b)
+    assert np.linalg.norm(A @ x - b) <= 1e-13 * spla.norm(A, 1) * np.linalg.norm(x)
