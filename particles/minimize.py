@@ -216,15 +216,16 @@ class NewtonSolver:
         """
         nlist = nlist or NeighbourList()
         A, loose = self._matrix(state, nlist)
-        indptr, indices = block_ldl.node_pattern(A)
         if not keep_order or self.order is None or len(self.order) != state.n:
-            self.order = block_ldl.fill_reducing_order(indptr, indices)
-            self.sym = None
+            self.order = self.sym = None
         try:
             fac = block_ldl.factorize(self.sym, A) if self.sym is not None else None
         except ValueError:  # the contact graph gained a pair: analyse again
             fac = None
         if fac is None:
+            indptr, indices = block_ldl.node_pattern(A)
+            if self.order is None:
+                self.order = block_ldl.fill_reducing_order(indptr, indices)
             self.sym = block_ldl.analyse(indptr, indices, self.order)
             fac = block_ldl.factorize(self.sym, A)
         if fac.singular:

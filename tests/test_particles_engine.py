@@ -291,7 +291,7 @@ def test_factorize_depends_on_the_state_alone(jammed):
     new matrix (backward error ||A x - b|| / (||A|| ||x||) at round-off, the
     bound of tests/test_block_ldl.py)."""
     state, _ = jammed
-    other = state.sheared(1e-3)
+    other, _ = jammed_packing(state.n, 0.9, seed=4)  # another contact graph
     fresh, used = NewtonSolver(), NewtonSolver()
     used.factorize(other)
     fresh.factorize(state)
