@@ -106,16 +106,46 @@ def _scan_cells(i, pos, rad, Lx, Ly, tilt, skin, nx, ny, use_cells, cell_of,
     return k - k0
 
 
-@njit(cache=True, parallel=True)
-def _build_wrapped(pos, rad, Lx, Ly, tilt, skin):
-    """Full (both directions) Verlet list of pairs with r < rad_i+rad_j+skin.
+@njit(cache=True)
+def max_displacement(pos, ref):
+    """max_i |pos_i - ref_i| for (N, 2) arrays."""
+    d2 = 0.0
+    for i in range(pos.shape[0]):
+        dx = pos[i, 0] - ref[i, 0]
+        dy = pos[i, 1] - ref[i, 1]
+        d2 = max(d2, dx * dx + dy * dy)
+    return math.sqrt(d2)
 
-    pos (N, 2) must lie in the primary cell (see wrap_into_cell).
-    Returns (offsets (N+1,) int64, nbr (M,) int32, imx (M,) int32,
-    imy (M,) int32): the neighbours of i are nbr[offsets[i]:offsets[i+1]],
-    in a deterministic order. Uses an O(N) cell list when the box holds at
-    least 3x3 cells, otherwise an O(N^2) search.
-    """
+
+@njit(cache=True)
+def remove_mean_force(forces, loose, out):
+    """out = forces (N, 2) with, on the particles where ``loose`` (N,) is
+    False, their mean force subtracted (a serial sum: the same bits at any
+    thread count)."""
+    mx, my, n = 0.0, 0.0, 0
+    for i in range(forces.shape[0]):
+        if not loose[i]:
+            mx += forces[i, 0]
+            my += forces[i, 1]
+            n += 1
+    if n > 0:
+        mx /= n
+        my /= n
+    for i in range(forces.shape[0]):
+        if loose[i]:
+            out[i, 0] = forces[i, 0]
+            out[i, 1] = forces[i, 1]
+        else:
+            out[i, 0] = forces[i, 0] - mx
+            out[i, 1] = forces[i, 1] - my
+
+
+@njit(cache=True)
+def _cells(pos, rad, Lx, Ly, tilt, skin):
+    """Cell list of positions (N, 2) in the primary cell (see wrap_into_cell)
+    for pairs with r < rad_i + rad_j + skin: (nx, ny, use_cells, cell_of (N,),
+    cell_start (nx ny + 1,), cell_members (N,)). An O(N) cell list when the
+    box holds at least 3 x 3 cells, otherwise one cell (O(N^2) search)."""
     n = pos.shape[0]
     rmax = 0.0
     for i in range(n):
@@ -145,51 +175,25 @@ def _build_wrapped(pos, rad, Lx, Ly, tilt, skin):
         c = cell_of[i]
         cell_members[fill[c]] = i
         fill[c] += 1
+    return nx, ny, use_cells, cell_of, cell_start, cell_members
 
-    counts = np.zeros(n, np.int64)
-    empty = np.empty(0, np.int32)
-    for i in prange(n):
-        counts[i] = _scan_cells(i, pos, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
-                                cell_of, cell_start, cell_members, empty, empty, empty, 0)
+
+@njit(cache=True)
+def _offsets(counts):
+    """(N + 1,) start of each particle's neighbours from their (N,) counts."""
+    n = counts.size
     offsets = np.zeros(n + 1, np.int64)
     for i in range(n):
         offsets[i + 1] = offsets[i] + counts[i]
-    m = offsets[n]
-    nbr = np.empty(m, np.int32)
-    imx = np.empty(m, np.int32)
-    imy = np.empty(m, np.int32)
-    for i in prange(n):
-        _scan_cells(i, pos, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
-                    cell_of, cell_start, cell_members, nbr, imx, imy, offsets[i])
-    return offsets, nbr, imx, imy
+    return offsets
 
 
 @njit(cache=True)
-def max_displacement(pos, ref):
-    """max_i |pos_i - ref_i| for (N, 2) arrays."""
-    d2 = 0.0
-    for i in range(pos.shape[0]):
-        dx = pos[i, 0] - ref[i, 0]
-        dy = pos[i, 1] - ref[i, 1]
-        d2 = max(d2, dx * dx + dy * dy)
-    return math.sqrt(d2)
-
-
-@njit(cache=True)
-def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
-    """Full Verlet list (pairs with r < rad_i + rad_j + skin, both directions)
-    for positions (N, 2) anywhere in the plane (not wrapped, not modified).
-
-    Returns (offsets (N+1,) int64, nbr (M,) int32, imx (M,) int32,
-    imy (M,) int32): the neighbours of i are nbr[offsets[i]:offsets[i+1]]
-    in a deterministic order, and r_ij = x_j - x_i + imx a1 + imy a2 with
-    the image that is nearest when the list is built.
-    """
+def _unwrap_images(pos, wrapped, Lx, Ly, tilt, offsets, nbr, imx, imy):
+    """Shift the images (imx, imy) of a list built for ``wrapped`` (pos
+    mapped into the primary cell) by the lattice vectors that wrapping
+    removed, so that they hold for ``pos``; in place."""
     n = pos.shape[0]
-    wrapped = pos.copy()
-    wrap_into_cell(wrapped, Lx, Ly, tilt)
-    offsets, nbr, imx, imy = _build_wrapped(wrapped, rad, Lx, Ly, tilt, skin)
-    # shift each image by the lattice vectors that wrapping removed
     shift_x = np.empty(n, np.int64)
     shift_y = np.empty(n, np.int64)
     for i in range(n):
@@ -202,6 +206,67 @@ def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
             j = nbr[k]
             imx[k] += shift_x[i] - shift_x[j]
             imy[k] += shift_y[i] - shift_y[j]
+
+
+# build_neighbour_list (parallel, called from Python) and
+# neighbour_list_serial (called inside the numba minimiser loops) differ only
+# in prange / range. No cached serial kernel may call a parallel one: a
+# cached caller of a parallel callee can be loaded with a stale reference
+# to the callee's parallel region and crash (numba issue #8578; seen here).
+
+@njit(cache=True, parallel=True)
+def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
+    """Full Verlet list (pairs with r < rad_i + rad_j + skin, both directions)
+    for positions (N, 2) anywhere in the plane (not wrapped, not modified).
+
+    Returns (offsets (N+1,) int64, nbr (M,) int32, imx (M,) int32,
+    imy (M,) int32): the neighbours of i are nbr[offsets[i]:offsets[i+1]]
+    in a deterministic order, and r_ij = x_j - x_i + imx a1 + imy a2 with
+    the image that is nearest when the list is built. The same list as
+    neighbour_list_serial, built on all threads.
+    """
+    n = pos.shape[0]
+    wrapped = pos.copy()
+    wrap_into_cell(wrapped, Lx, Ly, tilt)
+    nx, ny, use_cells, cell_of, cell_start, cell_members = _cells(wrapped, rad, Lx, Ly, tilt, skin)
+    counts = np.zeros(n, np.int64)
+    empty = np.empty(0, np.int32)
+    for i in prange(n):
+        counts[i] = _scan_cells(i, wrapped, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
+                                cell_of, cell_start, cell_members, empty, empty, empty, 0)
+    offsets = _offsets(counts)
+    m = offsets[n]
+    nbr = np.empty(m, np.int32)
+    imx = np.empty(m, np.int32)
+    imy = np.empty(m, np.int32)
+    for i in prange(n):
+        _scan_cells(i, wrapped, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
+                    cell_of, cell_start, cell_members, nbr, imx, imy, offsets[i])
+    _unwrap_images(pos, wrapped, Lx, Ly, tilt, offsets, nbr, imx, imy)
+    return offsets, nbr, imx, imy
+
+
+@njit(cache=True)
+def neighbour_list_serial(pos, rad, Lx, Ly, tilt, skin):
+    """build_neighbour_list on one thread (for the minimiser loops)."""
+    n = pos.shape[0]
+    wrapped = pos.copy()
+    wrap_into_cell(wrapped, Lx, Ly, tilt)
+    nx, ny, use_cells, cell_of, cell_start, cell_members = _cells(wrapped, rad, Lx, Ly, tilt, skin)
+    counts = np.zeros(n, np.int64)
+    empty = np.empty(0, np.int32)
+    for i in range(n):
+        counts[i] = _scan_cells(i, wrapped, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
+                                cell_of, cell_start, cell_members, empty, empty, empty, 0)
+    offsets = _offsets(counts)
+    m = offsets[n]
+    nbr = np.empty(m, np.int32)
+    imx = np.empty(m, np.int32)
+    imy = np.empty(m, np.int32)
+    for i in range(n):
+        _scan_cells(i, wrapped, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
+                    cell_of, cell_start, cell_members, nbr, imx, imy, offsets[i])
+    _unwrap_images(pos, wrapped, Lx, Ly, tilt, offsets, nbr, imx, imy)
     return offsets, nbr, imx, imy
 
 
@@ -599,7 +664,7 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
     max|F|, energy, force evaluations, neighbour rebuilds).
     """
     n = pos.shape[0]
-    offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+    offsets, nbr, imx, imy = neighbour_list_serial(pos, rad, Lx, Ly, tilt, skin)
     ref = pos.copy()
     rebuilds = 1
     forces = np.zeros((n, 2))
@@ -657,7 +722,7 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
             pos[i, 0] += dt * vel[i, 0]
             pos[i, 1] += dt * vel[i, 1]
         if max_displacement(pos, ref) > 0.5 * skin:
-            offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+            offsets, nbr, imx, imy = neighbour_list_serial(pos, rad, Lx, Ly, tilt, skin)
             ref[:, :] = pos
             rebuilds += 1
         energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
@@ -688,7 +753,7 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
     energy): status 0 converged, 1 reached stop_disp, 2 max_steps.
     """
     n = pos.shape[0]
-    offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+    offsets, nbr, imx, imy = neighbour_list_serial(pos, rad, Lx, Ly, tilt, skin)
     ref = pos.copy()
     forces = np.zeros((n, 2))
     trial_f = np.zeros((n, 2))
@@ -707,7 +772,7 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
             trial[i, 0] = pos[i, 0] + dt * forces[i, 0]
             trial[i, 1] = pos[i, 1] + dt * forces[i, 1]
         if max_displacement(trial, ref) > 0.5 * skin:
-            offsets, nbr, imx, imy = build_neighbour_list(trial, rad, Lx, Ly, tilt, skin)
+            offsets, nbr, imx, imy = neighbour_list_serial(trial, rad, Lx, Ly, tilt, skin)
             ref[:, :] = trial
         e_trial = hertz_forces(trial, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, trial_f, epart)
         ff = 0.0

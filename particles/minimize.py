@@ -174,8 +174,9 @@ class NewtonSolver:
     def __init__(self, rate: float = 0.5, max_iter: int = 60, shift: float = 1e-10,
                  max_slow: int = 3, open_gap: float = 1e-6, hsec: float = 1e-4,
                  open_single: bool = True, project: bool = True, pcg_maxiter: int = 40,
-                 pcg_rtol: float = 1e-3):
+                 pcg_rtol: float = 1e-3, energy_rtol: float = 1e-12):
         self.rate = rate
+        self.energy_rtol = energy_rtol
         self.max_slow = max_slow
         self.open_gap = open_gap
         self.hsec = hsec
@@ -280,9 +281,8 @@ class NewtonSolver:
         huge rigid translation."""
         if not self.project or self.loose is None or not self.loose.any():
             return F.ravel()
-        rhs = F.copy()
-        kept = ~self.loose
-        rhs[kept] -= rhs[kept].mean(axis=0)
+        rhs = np.empty_like(F)
+        kernels.remove_mean_force(F, self.loose, rhs)
         return rhs.ravel()
 
     def _open_single_contacts(self, state: State, nlist: NeighbourList, d: np.ndarray):
@@ -304,9 +304,14 @@ class NewtonSolver:
               max_iter: int | None = None) -> tuple[State, MinimizeResult]:
         """Newton iterations from ``state`` to max|F| < ftol.
 
-        Never accepts a step whose trapezoidal energy change
-        -(F + F').dx/2 is positive or that does not reduce |F| (2-norm);
-        halves the step up to three times before giving up.
+        Never accepts a step that raises the energy or does not reduce |F|
+        (2-norm); halves the step up to three times before giving up. The
+        energy change is the difference of the two energies where that
+        exceeds ``energy_rtol`` |E| (round-off), else the trapezoidal
+        estimate -(F + F').dx/2, which is exact to third order in the step
+        where the difference is lost in round-off. (The trapezoid alone
+        would accept uphill steps: where the step closes contacts the
+        energy is far from quadratic along it.)
         Returns converged=False (with the best state reached) when the
         Hessian is indefinite or progress stalls.
         """
@@ -353,7 +358,9 @@ class NewtonSolver:
                 e_t, F_t = forces(trial, nlist)
                 nfev += 1
                 fnorm_t = float(np.linalg.norm(F_t))
-                de = -0.5 * step * np.dot(F.ravel() + F_t.ravel(), d)
+                de = e_t - energy
+                if abs(de) <= self.energy_rtol * abs(energy):
+                    de = -0.5 * step * np.dot(F.ravel() + F_t.ravel(), d)
                 if de <= 0.0 and fnorm_t < fnorm:
                     accepted = True
                     break

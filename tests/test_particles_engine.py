@@ -179,6 +179,30 @@ def test_newton_reuses_factorisation_across_a_strain_step(jammed):
     assert np.max(np.linalg.norm(evaluate(stepped).forces, axis=1)) < 1e-12
 
 
+@pytest.mark.parametrize("phi, d_gamma", [(0.9, 1e-3), (0.86, 3e-3)])
+def test_newton_never_raises_energy(phi, d_gamma):
+    """Newton iterates from a sheared minimum, with the factorisation carried
+    from that minimum (as in an AQS run), never raise U by more than the
+    solver's round-off allowance energy_rtol |U|: the state after k
+    iterations (max_iter = k) is compared with the one after k - 1. In
+    these two cases a step that closes contacts has a trapezoidal energy
+    change -(F + F').dx/2 < 0 while U rises by 1e-7 of itself or more, so
+    the trapezoid alone would accept it."""
+    base, _ = minimize(random_state(128, phi, seed=5), 1e-12)
+    start = base.sheared(d_gamma)
+    energies = []
+    for k in range(1, 16):
+        solver = NewtonSolver()
+        solver.factorize(base)
+        _, res = solver.solve(start, 1e-12, NeighbourList(), max_iter=k)
+        energies.append(res.energy)
+        if res.converged or res.notes:
+            break
+    e = np.array(energies)
+    assert e.size >= 3
+    assert np.all(np.diff(e) <= NewtonSolver().energy_rtol * np.abs(e[:-1]))
+
+
 def test_steepest_descent_never_raises_energy():
     """Each accepted step lowers U beyond a round-off allowance of
     64 eps_mach |U| (a few ulps per pair summed over the list)."""
