@@ -18,6 +18,7 @@ import pytest
 
 from step_epm.particles import NewtonSolver, evaluate, fire, minimize, random_state
 from step_epm.particles import kernels
+from step_epm.particles.config import MinimizerConfig
 from step_epm.particles.potential import NeighbourList
 
 from lammps_reference import LammpsHertzian, lammps_available
@@ -102,6 +103,8 @@ def test_energy_and_stress_agree_with_lammps():
     np.testing.assert_allclose(forces, ev.forces, atol=1e-10 * np.abs(ev.forces).max())
 
 
+#: the minimiser settings of a run (step-particles' defaults)
+RUN_MINIMIZER = MinimizerConfig()
 #: LAMMPS styles per N for the AQS step (lepton costs about 2,000 x 46 ms per
 #: step at N = 1e5: left out there)
 AQS_STYLES = {1000: ("table", "lepton"), 4000: ("table", "lepton"), 16000: ("table", "lepton"),
@@ -113,7 +116,7 @@ AQS_STYLES = {1000: ("table", "lepton"), 4000: ("table", "lepton"), 16000: ("tab
 def test_aqs_step(benchmark, n):
     """AQS steps at N: shear 1e-4 from a minimised state, re-minimise to
     1e-12; STEPS consecutive steps with one NewtonSolver, timed per step, as a
-    run does them (aqs.aqs_step): minimise with the factorisation carried
+    run does them (aqs.aqs_step, the run's newton_switch): minimise with the factorisation carried
     from the last step, then re-anchor it at the new minimum (a fresh
     factorize, ordering included, which a resumed run repeats: that is what
     makes resume bitwise). The anchor's share is reported too. LAMMPS FIRE
@@ -132,7 +135,8 @@ def test_aqs_step(benchmark, n):
         for _ in range(steps):
             start = state.sheared(1e-4)
             starts.append(start)
-            state, res = minimize(start, 1e-12, solver=solver, raise_on_failure=True)
+            state, res = minimize(start, 1e-12, solver=solver, newton_switch=RUN_MINIMIZER.newton_switch,
+                                  raise_on_failure=True)
             t = time.perf_counter()
             solver.factorize(state, NeighbourList())
             anchor += time.perf_counter() - t

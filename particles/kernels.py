@@ -179,13 +179,15 @@ def _cells(pos, rad, Lx, Ly, tilt, skin):
 
 
 @njit(cache=True)
-def _offsets(counts):
-    """(N + 1,) start of each particle's neighbours from their (N,) counts."""
+def _list_arrays(counts):
+    """(offsets (N + 1,) int64, nbr, imx, imy (M,) int32) for a list with
+    (N,) neighbour counts: offsets[i] is where the neighbours of i start."""
     n = counts.size
     offsets = np.zeros(n + 1, np.int64)
     for i in range(n):
         offsets[i + 1] = offsets[i] + counts[i]
-    return offsets
+    m = offsets[n]
+    return offsets, np.empty(m, np.int32), np.empty(m, np.int32), np.empty(m, np.int32)
 
 
 @njit(cache=True)
@@ -234,11 +236,7 @@ def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
     for i in prange(n):
         counts[i] = _scan_cells(i, wrapped, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
                                 cell_of, cell_start, cell_members, empty, empty, empty, 0)
-    offsets = _offsets(counts)
-    m = offsets[n]
-    nbr = np.empty(m, np.int32)
-    imx = np.empty(m, np.int32)
-    imy = np.empty(m, np.int32)
+    offsets, nbr, imx, imy = _list_arrays(counts)
     for i in prange(n):
         _scan_cells(i, wrapped, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
                     cell_of, cell_start, cell_members, nbr, imx, imy, offsets[i])
@@ -258,11 +256,7 @@ def neighbour_list_serial(pos, rad, Lx, Ly, tilt, skin):
     for i in range(n):
         counts[i] = _scan_cells(i, wrapped, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
                                 cell_of, cell_start, cell_members, empty, empty, empty, 0)
-    offsets = _offsets(counts)
-    m = offsets[n]
-    nbr = np.empty(m, np.int32)
-    imx = np.empty(m, np.int32)
-    imy = np.empty(m, np.int32)
+    offsets, nbr, imx, imy = _list_arrays(counts)
     for i in range(n):
         _scan_cells(i, wrapped, rad, Lx, Ly, tilt, skin, nx, ny, use_cells,
                     cell_of, cell_start, cell_members, nbr, imx, imy, offsets[i])
