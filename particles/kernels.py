@@ -675,11 +675,9 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
     n_neg = 0
     it = 0
     converged = False
+    power = 0.0  # F.v of the last evaluation's forces and the current velocities
     while it < max_iter:
         it += 1
-        power = 0.0
-        for i in range(n):
-            power += forces[i, 0] * vel[i, 0] + forces[i, 1] * vel[i, 1]
         if power > 0.0:
             n_pos += 1
             n_neg = 0
@@ -707,21 +705,31 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
             vel[i, 1] += dt * forces[i, 1]
             vnorm += vel[i, 0] ** 2 + vel[i, 1] ** 2
             fnorm += forces[i, 0] ** 2 + forces[i, 1] ** 2
-        if fnorm > 0.0:
-            mix = alpha * math.sqrt(vnorm / fnorm)
-            for i in range(n):
-                vel[i, 0] = (1.0 - alpha) * vel[i, 0] + mix * forces[i, 0]
-                vel[i, 1] = (1.0 - alpha) * vel[i, 1] + mix * forces[i, 1]
+        # mixing, move and the displacement since the list was built, in one pass
+        mix = alpha * math.sqrt(vnorm / fnorm) if fnorm > 0.0 else 0.0
+        keep = 1.0 - alpha if fnorm > 0.0 else 1.0
+        d2 = 0.0
         for i in range(n):
+            vel[i, 0] = keep * vel[i, 0] + mix * forces[i, 0]
+            vel[i, 1] = keep * vel[i, 1] + mix * forces[i, 1]
             pos[i, 0] += dt * vel[i, 0]
             pos[i, 1] += dt * vel[i, 1]
-        if max_displacement(pos, ref) > 0.5 * skin:
+            dx = pos[i, 0] - ref[i, 0]
+            dy = pos[i, 1] - ref[i, 1]
+            d2 = max(d2, dx * dx + dy * dy)
+        if math.sqrt(d2) > 0.5 * skin:
             offsets, nbr, imx, imy = neighbour_list_serial(pos, rad, Lx, Ly, tilt, skin)
             ref[:, :] = pos
             rebuilds += 1
         energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
         nfev += 1
-        fmax = _max_force(forces)
+        # max|F| and the power for the next iteration, in one pass
+        f2 = 0.0
+        power = 0.0
+        for i in range(n):
+            f2 = max(f2, forces[i, 0] * forces[i, 0] + forces[i, 1] * forces[i, 1])
+            power += forces[i, 0] * vel[i, 0] + forces[i, 1] * vel[i, 1]
+        fmax = math.sqrt(f2)
         if fmax < ftol:
             converged = True
             break
