@@ -4,7 +4,7 @@ A cached serial kernel that calls a parallel one can be written with a
 reference to the callee's parallel region that a later process cannot
 resolve, and that process crashes (SIGSEGV) on the first call (numba issue
 #8578). particles/kernels.py therefore keeps parallel kernels out of the
-serial minimiser loops (kernels.neighbour_list_serial). This test replays
+serial minimiser loops (kernels.build_neighbour_list is serial). This test replays
 the order of compilations that crashed before that change: the neighbour
 list is cached by one process, the FIRE and steepest-descent loops are
 compiled against the cached list by a second, and a third loads the loops

@@ -114,11 +114,8 @@ def test_cell_list_equals_brute_force(gamma):
             listed.add((i, int(nbr[k]), int(imx[k]), int(imy[k])))
     assert offsets[-1] == len(listed), "duplicate neighbour entries"
     assert listed == _brute_force_pairs(state, SKIN)
-    # the minimiser loops' serial builder gives the same list, entry for entry
-    serial = kernels.neighbour_list_serial(state.pos, state.radii, state.Lx, state.Ly,
-                                           state.tilt, SKIN)
-    for a, b in zip(serial, (offsets, nbr, imx, imy)):
-        np.testing.assert_array_equal(a, b)
+    # the builder's arrays start at 4 N + 64 entries: here they had to grow
+    assert offsets[-1] > 4 * state.n + 64
 
 
 @pytest.mark.parametrize("gamma", [0.2, -1.4])
