@@ -472,14 +472,14 @@ def _coupled_neighbours(i, offsets, nbr, touch, loose, js, ks):
 
 
 @njit(cache=True, parallel=True)
-def newton_matrix(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec, shift, loose, given):
+def newton_matrix(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec, shift, loose):
     """The Newton solver's matrix H + D as a (2N, 2N) CSC array triple.
 
     H is the Hessian of hertz_hessian_triplets (secant stiffness below
     overlap hsec) with every row and column of the decoupled ("loose")
     particles removed; D is diagonal: typical = mean(diag H) (the full H)
     on the loose particles' coordinates and shift * typical on all others.
-    loose (N,) bool is read if ``given``, else set to (contacts < 2).
+    loose (N,) bool is set to (contacts < 2).
 
     Returns (indptr (2N + 1,), indices, data): int32 indices, sorted
     within each column (State guarantees one image per pair). Column
@@ -515,9 +515,8 @@ def newton_matrix(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec, shift, l
         diag[i, 0] = dxx
         diag[i, 1] = dxy
         diag[i, 2] = dyy
-    if not given:
-        for i in range(n):
-            loose[i] = contacts[i] < 2
+    for i in range(n):
+        loose[i] = contacts[i] < 2
     trace = 0.0
     for i in range(n):
         trace += diag[i, 0] + diag[i, 2]

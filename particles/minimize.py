@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from . import block_ldl, kernels
 from .potential import NeighbourList, forces
@@ -129,19 +128,27 @@ def _max_norm(F: np.ndarray) -> float:
 
 
 class NewtonSolver:
-    """Safeguarded Newton iterations with a reusable sparse factorisation of
-    the Hessian (block LDL^T, :mod:`.block_ldl`; called "the LU" below).
+    """Safeguarded quasi-Newton iterations on a reusable sparse factorisation
+    of the Hessian (block LDL^T, :mod:`.block_ldl`; called "the LU" below).
 
     The factorised matrix is H + D (see :meth:`factorize`). The LU is
-    reused (chord iterations), across calls too (strain steps), until a
-    chord step fails the safeguards or the force norm falls by less than a
-    factor ``rate``; then it is refactorised at the current state. After
-    ``max_slow`` consecutive freshly factorised steps that were also slow
-    (far from any minimum, e.g. in a plastic event) it hands over.
+    reused across iterations and across calls (strain steps), corrected by
+    limited-memory BFGS updates (:meth:`_direction`): the inverse of the
+    current Hessian is approximated by the stale LU's inverse plus the
+    rank-two corrections of the last ``memory`` accepted steps (step s,
+    force change y = F - F'), so the few directions in which the Hessian has
+    changed since the factorisation (contacts that closed or opened, the
+    Hertzian stiffness's sqrt(overlap) dependence) are learnt from the steps
+    themselves at the price of a few dot products, where a plain chord step
+    converges at the rate of the LU's mismatch. The LU is refactorised at
+    the current state (and the memory cleared) after ``patience``
+    consecutive steps that reduced |F| by less than a factor ``rate``, or
+    when a step fails the safeguards; after ``max_slow`` consecutive
+    freshly factorised steps that were also slow (far from any minimum, e.g.
+    in a plastic event) it hands over.
 
     Three changes to plain Newton keep the convergence fast where Hertzian
-    contacts open (issue 2; each can be switched off, all three off is the
-    solver of before 2026-11-25):
+    contacts open (issue 2; each can be switched off):
 
     - ``hsec``: contacts with overlap 1 - r/s < hsec enter the Hessian with
       their secant normal stiffness (kernels.hertz_hessian_triplets),
@@ -153,13 +160,10 @@ class NewtonSolver:
     - ``project``: the mean force on the coupled particles is removed from
       the right-hand side (see :meth:`_rhs`).
 
-    And where a chord step was slow, the next step is an exact Newton step
-    by preconditioned CG (:meth:`_pcg`: the current H + D, the stale LU as
-    preconditioner, relative residual ``pcg_rtol``, at most ``pcg_maxiter``
-    iterations) instead of a refactorisation (a factorisation costs about
-    20 solves at N = 4000); the LU is refactorised only when CG does not
-    converge or the CG step was slow too. ``pcg_maxiter = 0`` refactorises
-    as before.
+    And every trial step is capped so that no particle moves by more than
+    ``max_move`` (small-particle diameters): near a closing contact the
+    Hessian is nearly singular and its Newton step can be orders of
+    magnitude too long for the line search's halvings to recover.
 
     Orderings. :meth:`factorize` orders the particles afresh (minimum
     degree on the contact graph, block_ldl.fill_reducing_order), so its
@@ -173,8 +177,9 @@ class NewtonSolver:
 
     def __init__(self, rate: float = 0.5, max_iter: int = 60, shift: float = 1e-10,
                  max_slow: int = 3, open_gap: float = 1e-6, hsec: float = 1e-4,
-                 open_single: bool = True, project: bool = True, pcg_maxiter: int = 40,
-                 pcg_rtol: float = 1e-3, energy_rtol: float = 1e-12):
+                 open_single: bool = True, project: bool = True, memory: int = 20,
+                 patience: int = 4, max_move: float = 0.02, halvings: int = 8,
+                 energy_rtol: float = 1e-12):
         self.rate = rate
         self.energy_rtol = energy_rtol
         self.max_slow = max_slow
@@ -182,15 +187,17 @@ class NewtonSolver:
         self.hsec = hsec
         self.open_single = open_single
         self.project = project
-        self.pcg_maxiter = pcg_maxiter
-        self.pcg_rtol = pcg_rtol
-        self.pcg_calls = 0
+        self.memory = memory
+        self.patience = patience
+        self.max_move = max_move
+        self.halvings = halvings
         self.max_iter = max_iter
         self.shift = shift
         self.lu = None  # block_ldl.Factor of H + D
         self.order = None  # (N,) node ordering of the last fresh factorize
         self.sym = None  # block_ldl.Symbolic for it
         self.loose = None  # (N,) particles decoupled in the factorisation
+        self.pairs = []  # (s, y, 1 / y.s) of the last accepted steps, oldest first
         self.n = 0
         self.fresh = False  # the LU was computed at the current iterate
         self.factorizations = 0
@@ -198,8 +205,9 @@ class NewtonSolver:
 
     def factorize(self, state: State, nlist: NeighbourList | None = None,
                   keep_order: bool = False) -> bool:
-        """Factorise H + D at ``state`` (block LDL^T, no pivoting); False if
-        that fails (an exactly singular pivot block).
+        """Factorise H + D at ``state`` (block LDL^T, no pivoting) and clear the
+        quasi-Newton memory; False if that fails (an exactly singular pivot
+        block).
 
         D is diagonal: shift * mean(diag H) on every particle with two or
         more contacts, which makes the two translation modes regular (the
@@ -216,6 +224,7 @@ class NewtonSolver:
         one is factorised all the same (``self.lu.positive_definite``).
         """
         nlist = nlist or NeighbourList()
+        self.pairs = []
         A, loose = self._matrix(state, nlist)
         if not keep_order or self.order is None or len(self.order) != state.n:
             self.order = self.sym = None
@@ -239,39 +248,19 @@ class NewtonSolver:
         self.fresh = True
         return True
 
-    def _matrix(self, state: State, nlist: NeighbourList,
-                loose: np.ndarray | None = None) -> tuple[sp.csc_matrix, np.ndarray]:
+    def _matrix(self, state: State, nlist: NeighbourList) -> tuple[sp.csc_matrix, np.ndarray]:
         """H + D of :meth:`factorize` (CSC, kernels.newton_matrix) and the (N,)
-        decoupled particles (those with fewer than two contacts, or ``loose``
-        if given)."""
+        decoupled particles (those with fewer than two contacts)."""
         offsets, nbr, imx, imy = nlist.update(state)
-        given = loose is not None
-        loose = loose.copy() if given else np.empty(state.n, np.bool_)
+        loose = np.empty(state.n, np.bool_)
         indptr, indices, data = kernels.newton_matrix(
             state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy,
-            float(self.hsec), float(self.shift), loose, given)
+            float(self.hsec), float(self.shift), loose)
         n2 = 2 * state.n
         A = sp.csc_matrix((data, indices, indptr), shape=(n2, n2))
         A.has_sorted_indices = True
         A.has_canonical_format = True
         return A, loose
-
-    def _pcg(self, state: State, nlist: NeighbourList, rhs: np.ndarray) -> np.ndarray | None:
-        """Newton step by conjugate gradients on the current H + D (same
-        decoupled set as the LU) with the stale LU as preconditioner; None
-        if it does not converge in ``pcg_maxiter`` iterations."""
-        A, _ = self._matrix(state, nlist, self.loose)
-        count = [0]
-
-        def precond(x):
-            count[0] += 1
-            return self.lu.solve(x)
-
-        M = spla.LinearOperator(A.shape, matvec=precond, dtype=float)
-        d, info = spla.cg(A, rhs, rtol=self.pcg_rtol, atol=0.0, maxiter=self.pcg_maxiter, M=M)
-        self.solves += count[0]
-        self.pcg_calls += 1
-        return d if info == 0 else None
 
     def _rhs(self, F: np.ndarray) -> np.ndarray:
         """The right-hand side of the Newton solve: F (2N,) with, on the coupled
@@ -279,11 +268,40 @@ class NewtonSolver:
         forces leave a net force on the coupled ones, which the nearly singular
         translation modes (regularised by ``shift`` only) would amplify into a
         huge rigid translation."""
+        F = F.reshape(-1, 2)
         if not self.project or self.loose is None or not self.loose.any():
             return F.ravel()
         rhs = np.empty_like(F)
         kernels.remove_mean_force(F, self.loose, rhs)
         return rhs.ravel()
+
+    def _direction(self, F: np.ndarray) -> np.ndarray:
+        """The quasi-Newton step d (2N,) = H_k F for the force F (N, 2): the
+        L-BFGS two-loop recursion (Nocedal & Wright, Numerical Optimization,
+        algorithm 7.4) over ``self.pairs`` with the initial inverse Hessian
+        H_0 = (LU)^-1 after :meth:`_rhs`'s projection. With no pairs stored
+        it is the plain (chord) Newton step. H_k satisfies the secant
+        condition H_k y = s of the newest pair."""
+        q = F.ravel().copy()
+        alphas = []
+        for s, y, rho in reversed(self.pairs):
+            a = rho * np.dot(s, q)
+            alphas.append(a)
+            q -= a * y
+        r = self.lu.solve(self._rhs(q))
+        self.solves += 1
+        for (s, y, rho), a in zip(self.pairs, reversed(alphas)):
+            r += (a - rho * np.dot(y, r)) * s
+        return r
+
+    def _remember(self, s: np.ndarray, y: np.ndarray):
+        """Store the step s and force change y (2N,) of an accepted step,
+        unless its curvature y.s is not safely positive (which would make
+        H_k indefinite); keep the last ``memory``."""
+        ys = float(np.dot(y, s))
+        if ys > 1e-12 * float(np.linalg.norm(y)) * float(np.linalg.norm(s)):
+            self.pairs.append((s, y, 1.0 / ys))
+            del self.pairs[:-self.memory]
 
     def _open_single_contacts(self, state: State, nlist: NeighbourList, d: np.ndarray):
         """Replace, in the Newton step d (2N,), the gradient step of each
@@ -302,20 +320,23 @@ class NewtonSolver:
 
     def solve(self, state: State, ftol: float, nlist: NeighbourList | None = None,
               max_iter: int | None = None) -> tuple[State, MinimizeResult]:
-        """Newton iterations from ``state`` to max|F| < ftol.
+        """Quasi-Newton iterations from ``state`` to max|F| < ftol.
 
         Never accepts a step that raises the energy or does not reduce |F|
-        (2-norm); halves the step up to three times before giving up. The
-        energy change is the difference of the two energies where that
-        exceeds ``energy_rtol`` |E| (round-off), else the trapezoidal
-        estimate -(F + F').dx/2, which is exact to third order in the step
-        where the difference is lost in round-off. (The trapezoid alone
-        would accept uphill steps: where the step closes contacts the
-        energy is far from quadratic along it.)
+        (2-norm); starts from the step capped at ``max_move`` per particle
+        and halves it up to ``halvings`` - 1 times before giving up (then
+        it refactorises, or hands over if the LU is fresh). The energy
+        change is the difference of the two energies where that exceeds
+        ``energy_rtol`` |E| (round-off), else the trapezoidal estimate
+        -(F + F').dx/2, which is exact to third order in the step where the
+        difference is lost in round-off. (The trapezoid alone would accept
+        uphill steps: where the step closes contacts the energy is far from
+        quadratic along it.)
         Returns converged=False (with the best state reached) when the
         Hessian is indefinite or progress stalls.
         """
         nlist = nlist or NeighbourList()
+        self.pairs = []
         cur = state.copy()
         energy, F = forces(cur, nlist)
         nfev = 1
@@ -323,8 +344,8 @@ class NewtonSolver:
         fmax = _max_norm(F)
         fnorm = float(np.linalg.norm(F))
         notes = []
-        use_pcg = False
-        slow_fresh = 0  # consecutive fresh-LU steps that reduced |F| by less than rate
+        slow = 0  # consecutive steps that reduced |F| by less than rate
+        slow_fresh = 0  # consecutive fresh-LU steps that did
         for _ in range(max_iter or self.max_iter):
             if fmax < ftol:
                 break
@@ -332,27 +353,19 @@ class NewtonSolver:
                 if not self.factorize(cur, nlist, keep_order=True):
                     notes.append("singular Hessian")
                     break
-            if use_pcg:
-                use_pcg = False
-                d = self._pcg(cur, nlist, self._rhs(F))
-                if d is None:
-                    self.lu = None
-                    continue
-                pcg_step = True
-            else:
-                d = self.lu.solve(self._rhs(F))
-                self.solves += 1
-                pcg_step = False
+            plain = self.fresh and not self.pairs  # an exact Newton step
+            d = self._direction(F)
             self._open_single_contacts(cur, nlist, d)
             if not np.dot(F.ravel(), d) > 0.0:
-                if self.fresh:
+                if plain:
                     notes.append("indefinite Hessian")
                     break
                 self.lu = None
                 continue
             accepted = False
-            step = 1.0
-            for _ in range(4):
+            move = _max_norm(d.reshape(-1, 2))
+            step = min(1.0, self.max_move / move) if move > 0.0 else 1.0
+            for _ in range(self.halvings):
                 trial = cur.copy()
                 trial.pos += step * d.reshape(-1, 2)
                 e_t, F_t = forces(trial, nlist)
@@ -366,23 +379,24 @@ class NewtonSolver:
                     break
                 step *= 0.5
             if not accepted:
-                if self.fresh:
+                if plain:
                     notes.append("no descent along the Newton step")
                     break
                 self.lu = None  # stale factorisation: refactorise here and retry
                 continue
+            self._remember((trial.pos - cur.pos).ravel(), (F - F_t).ravel())
             ratio = fnorm_t / fnorm
-            slow_fresh = slow_fresh + 1 if ((self.fresh or pcg_step) and ratio > self.rate) else 0
+            fast = ratio <= self.rate
+            slow = 0 if fast else slow + 1
+            slow_fresh = 0 if fast else (slow_fresh + 1 if self.fresh else slow_fresh)
             cur, energy, F, fnorm, fmax = trial, e_t, F_t, fnorm_t, _max_norm(F_t)
             self.fresh = False
             if slow_fresh >= self.max_slow:
                 notes.append("slow convergence with fresh factorisations")
                 break
-            if ratio > self.rate:
-                if self.pcg_maxiter > 0 and not pcg_step:
-                    use_pcg = True  # exact step with the stale LU as preconditioner
-                else:
-                    self.lu = None  # chord iterations too slow: refactorise
+            if slow >= self.patience:
+                self.lu = None  # too slow with this LU: refactorise
+                slow = 0
         res = MinimizeResult(fmax < ftol, fmax, energy, 0, nfev,
                              self.solves - solves0, self.factorizations - fact0,
                              method="newton", notes=notes)

@@ -299,15 +299,41 @@ def test_newton_matrix_is_the_hessian_with_loose_particles_decoupled(n, gamma):
     assert np.array_equal(got_loose, loose)
     assert A.has_sorted_indices and A.indices.dtype == np.int32
     np.testing.assert_allclose(A.toarray(), expected, rtol=0, atol=1e-14 * np.abs(expected).max())
-    # the decoupled set can be imposed (the PCG step reuses the LU's set)
-    imposed = np.zeros(n, bool)
-    imposed[:2] = True
-    B, same = solver._matrix(state, NeighbourList(), imposed)
-    assert np.array_equal(same, imposed)
-    keep = sp.diags(np.repeat(~imposed, 2).astype(float))
-    expected = (keep @ H @ keep + sp.diags(np.where(np.repeat(imposed, 2), typical, shift * typical))
-                ).toarray()
-    np.testing.assert_allclose(B.toarray(), expected, rtol=0, atol=1e-14 * np.abs(expected).max())
+
+
+def test_quasi_newton_direction_meets_the_secant_conditions(jammed):
+    """NewtonSolver._direction is the L-BFGS inverse Hessian H_k applied to
+    F: with pairs (s_i, y_i = B s_i) of a fixed SPD matrix B (here the
+    factorised matrix A plus a rank-3 change, as when contacts close),
+    H_k y_newest = s_newest holds exactly (up to the LU's round-off; the
+    older pairs' conditions hold only for a quadratic model, so they are
+    not asserted), H_k is symmetric positive definite on random vectors,
+    and with no pairs the direction is the plain LU solve of the
+    projected force."""
+    state, _ = jammed
+    solver = NewtonSolver(project=False)
+    solver.factorize(state)
+    A, _ = solver._matrix(state, NeighbourList())
+    rng = np.random.default_rng(2)
+    n2 = A.shape[0]
+    U = rng.normal(size=(n2, 3))
+    B = A + sp.csr_matrix(U @ U.T * (0.1 * A.diagonal().mean() / n2))
+    F = rng.normal(size=(state.n, 2))
+    np.testing.assert_array_equal(solver._direction(F), solver.lu.solve(F.ravel()))
+    for _ in range(4):
+        s = rng.normal(size=n2)
+        solver._remember(s, B @ s)
+    s, y, _ = solver.pairs[-1]
+    got = solver._direction(y.reshape(-1, 2))
+    assert np.linalg.norm(got - s) <= 1e-12 * np.linalg.norm(s)
+    u, v = rng.normal(size=n2), rng.normal(size=n2)
+    hu, hv = solver._direction(u.reshape(-1, 2)), solver._direction(v.reshape(-1, 2))
+    assert np.dot(v, hu) == pytest.approx(np.dot(u, hv), rel=1e-10)
+    assert np.dot(u, hu) > 0 and np.dot(v, hv) > 0
+    # a pair with non-positive curvature is not stored
+    before = len(solver.pairs)
+    solver._remember(s, -y)
+    assert len(solver.pairs) == before
 
 
 def test_factorize_depends_on_the_state_alone(jammed):
