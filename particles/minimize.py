@@ -233,7 +233,7 @@ class NewtonSolver:
         except ValueError:  # the contact graph gained a pair: analyse again
             fac = None
         if fac is None:
-            indptr, indices = block_ldl.node_pattern(A)
+            indptr, indices = block_ldl.node_pattern(A, full_blocks=True)
             if self.order is None:
                 self.order = block_ldl.fill_reducing_order(indptr, indices)
             self.sym = block_ldl.analyse(indptr, indices, self.order)

@@ -264,6 +264,40 @@ def test_node_pattern():
         assert np.all(np.diff(ii[ip[j]:ip[j + 1]]) > 0)
 
 
+def test_node_pattern_of_full_blocks(A200):
+    """The one-pass graph of a matrix made of whole symmetric 2x2 blocks (the
+    Newton matrix, loose particles' lone diagonals included) is the
+    symmetrised one."""
+    ip, ii = bl.node_pattern(A200)
+    fp, fi = bl.node_pattern(A200, full_blocks=True)
+    np.testing.assert_array_equal(fp, ip)
+    np.testing.assert_array_equal(fi, ii)
+
+
+@pytest.mark.parametrize("ordering", ["mmd", "random"])
+def test_postorder_relabels_the_elimination_tree(A200, ordering):
+    """analyse relabels the elimination tree and column counts along the
+    postorder instead of recomputing them: equal to _etree of the
+    postordered ordering."""
+    ip, ii = bl.node_pattern(A200)
+    n = len(ip) - 1
+    perm = (bl.fill_reducing_order(ip, ii) if ordering == "mmd"
+            else np.random.default_rng(3).permutation(n).astype(np.int64))
+    pinv = np.empty(n, np.int64)
+    pinv[perm] = np.arange(n)
+    parent, lnz = bl._etree(ip, ii, perm, pinv)
+    post = bl._postorder(parent)
+    assert not np.array_equal(post, np.arange(n))  # a relabelling happens
+    got_parent, got_lnz = bl._relabel_tree(parent, lnz, post)
+    perm2 = perm[post]
+    pinv[perm2] = np.arange(n)
+    want_parent, want_lnz = bl._etree(ip, ii, perm2, pinv)
+    np.testing.assert_array_equal(got_parent, want_parent)
+    np.testing.assert_array_equal(got_lnz, want_lnz)
+    sym = bl.analyse(ip, ii, perm)
+    np.testing.assert_array_equal(sym.parent, want_parent)
+
+
 def test_shapes_and_errors(A64):
     A = A64
     f = factor(A)
