@@ -137,6 +137,43 @@ def remove_mean_force(forces, loose, out):
 
 
 @njit(cache=True)
+def max_norm(forces):
+    """max_i |F_i| of forces (N, 2)."""
+    m = 0.0
+    for i in range(forces.shape[0]):
+        m = max(m, forces[i, 0] * forces[i, 0] + forces[i, 1] * forces[i, 1])
+    return math.sqrt(m)
+
+
+@njit(cache=True)
+def lbfgs_backward(S, Y, rho, order, q, alpha):
+    """First loop of the L-BFGS two-loop recursion, in place on q (2N,):
+    for the stored pairs k = order[-1], ..., order[0] (newest first; rows of
+    S, Y (memory, 2N), rho (memory,) = 1 / y.s), alpha[k] = rho_k s_k.q,
+    q -= alpha[k] y_k."""
+    for t in range(order.shape[0] - 1, -1, -1):
+        k = order[t]
+        a = rho[k] * np.dot(S[k], q)
+        alpha[k] = a
+        y = Y[k]
+        for i in range(q.shape[0]):
+            q[i] -= a * y[i]
+
+
+@njit(cache=True)
+def lbfgs_forward(S, Y, rho, order, alpha, r):
+    """Second loop of the L-BFGS two-loop recursion, in place on r (2N,)
+    (= H_0 q): for k = order[0], ..., order[-1] (oldest first),
+    r += (alpha[k] - rho_k y_k.r) s_k."""
+    for t in range(order.shape[0]):
+        k = order[t]
+        b = alpha[k] - rho[k] * np.dot(Y[k], r)
+        s = S[k]
+        for i in range(r.shape[0]):
+            r[i] += b * s[i]
+
+
+@njit(cache=True)
 def _cells(pos, rad, Lx, Ly, tilt, skin):
     """Cell list of positions (N, 2) in the primary cell (see wrap_into_cell)
     for pairs with r < rad_i + rad_j + skin: (nx, ny, use_cells, cell_of (N,),

@@ -124,7 +124,7 @@ def steepest_descent(state: State, ftol: float = 1e-12, max_steps: int = 10_000_
 
 def _max_norm(F: np.ndarray) -> float:
     """max_i |F_i| of an (N, 2) array."""
-    return float(np.sqrt(np.max(np.sum(F * F, axis=1))))
+    return float(kernels.max_norm(np.ascontiguousarray(F).reshape(-1, 2)))
 
 
 class NewtonSolver:
@@ -197,7 +197,11 @@ class NewtonSolver:
         self.order = None  # (N,) node ordering of the last fresh factorize
         self.sym = None  # block_ldl.Symbolic for it
         self.loose = None  # (N,) particles decoupled in the factorisation
-        self.pairs = []  # (s, y, 1 / y.s) of the last accepted steps, oldest first
+        # the last accepted steps s and force changes y, a ring buffer of rows
+        # (memory, 2N), rho = 1 / y.s; npairs stored, the newest at row head - 1
+        self.S = self.Y = self.rho = self.alpha = None
+        self.npairs = 0
+        self.head = 0
         self.n = 0
         self.fresh = False  # the LU was computed at the current iterate
         self.factorizations = 0
@@ -224,7 +228,7 @@ class NewtonSolver:
         one is factorised all the same (``self.lu.positive_definite``).
         """
         nlist = nlist or NeighbourList()
-        self.pairs = []
+        self.npairs = 0
         A, loose = self._matrix(state, nlist)
         if not keep_order or self.order is None or len(self.order) != state.n:
             self.order = self.sym = None
@@ -278,30 +282,40 @@ class NewtonSolver:
     def _direction(self, F: np.ndarray) -> np.ndarray:
         """The quasi-Newton step d (2N,) = H_k F for the force F (N, 2): the
         L-BFGS two-loop recursion (Nocedal & Wright, Numerical Optimization,
-        algorithm 7.4) over ``self.pairs`` with the initial inverse Hessian
-        H_0 = (LU)^-1 after :meth:`_rhs`'s projection. With no pairs stored
-        it is the plain (chord) Newton step. H_k satisfies the secant
-        condition H_k y = s of the newest pair."""
+        algorithm 7.4; kernels.lbfgs_backward / lbfgs_forward) over the
+        stored pairs, with the initial inverse Hessian H_0 = (LU)^-1 after
+        :meth:`_rhs`'s projection. With no pairs stored it is the plain
+        (chord) Newton step. H_k satisfies the secant condition H_k y = s of
+        the newest pair."""
         q = F.ravel().copy()
-        alphas = []
-        for s, y, rho in reversed(self.pairs):
-            a = rho * np.dot(s, q)
-            alphas.append(a)
-            q -= a * y
+        if self.npairs:
+            order = (self.head - self.npairs + np.arange(self.npairs)) % self.memory
+            kernels.lbfgs_backward(self.S, self.Y, self.rho, order, q, self.alpha)
         r = self.lu.solve(self._rhs(q))
         self.solves += 1
-        for (s, y, rho), a in zip(self.pairs, reversed(alphas)):
-            r += (a - rho * np.dot(y, r)) * s
+        if self.npairs:
+            kernels.lbfgs_forward(self.S, self.Y, self.rho, order, self.alpha, r)
         return r
 
-    def _remember(self, s: np.ndarray, y: np.ndarray):
+    def _remember(self, s: np.ndarray, y: np.ndarray) -> bool:
         """Store the step s and force change y (2N,) of an accepted step,
         unless its curvature y.s is not safely positive (which would make
-        H_k indefinite); keep the last ``memory``."""
+        H_k indefinite); keep the last ``memory``. Returns whether stored."""
         ys = float(np.dot(y, s))
-        if ys > 1e-12 * float(np.linalg.norm(y)) * float(np.linalg.norm(s)):
-            self.pairs.append((s, y, 1.0 / ys))
-            del self.pairs[:-self.memory]
+        if not ys > 1e-12 * float(np.linalg.norm(y)) * float(np.linalg.norm(s)):
+            return False
+        if self.S is None or self.S.shape != (self.memory, s.size):
+            self.S = np.empty((self.memory, s.size))
+            self.Y = np.empty((self.memory, s.size))
+            self.rho = np.empty(self.memory)
+            self.alpha = np.empty(self.memory)
+            self.npairs = self.head = 0
+        self.S[self.head] = s
+        self.Y[self.head] = y
+        self.rho[self.head] = 1.0 / ys
+        self.head = (self.head + 1) % self.memory
+        self.npairs = min(self.npairs + 1, self.memory)
+        return True
 
     def _open_single_contacts(self, state: State, nlist: NeighbourList, d: np.ndarray):
         """Replace, in the Newton step d (2N,), the gradient step of each
@@ -336,7 +350,7 @@ class NewtonSolver:
         Hessian is indefinite or progress stalls.
         """
         nlist = nlist or NeighbourList()
-        self.pairs = []
+        self.npairs = 0
         cur = state.copy()
         energy, F = forces(cur, nlist)
         nfev = 1
@@ -353,7 +367,7 @@ class NewtonSolver:
                 if not self.factorize(cur, nlist, keep_order=True):
                     notes.append("singular Hessian")
                     break
-            plain = self.fresh and not self.pairs  # an exact Newton step
+            plain = self.fresh and not self.npairs  # an exact Newton step
             d = self._direction(F)
             self._open_single_contacts(cur, nlist, d)
             if not np.dot(F.ravel(), d) > 0.0:

@@ -320,10 +320,12 @@ def test_quasi_newton_direction_meets_the_secant_conditions(jammed):
     B = A + sp.csr_matrix(U @ U.T * (0.1 * A.diagonal().mean() / n2))
     F = rng.normal(size=(state.n, 2))
     np.testing.assert_array_equal(solver._direction(F), solver.lu.solve(F.ravel()))
+    solver.memory = 3  # 4 pairs into a memory of 3: the ring buffer wraps
     for _ in range(4):
         s = rng.normal(size=n2)
-        solver._remember(s, B @ s)
-    s, y, _ = solver.pairs[-1]
+        y = B @ s
+        assert solver._remember(s, y)
+    assert solver.npairs == 3
     got = solver._direction(y.reshape(-1, 2))
     assert np.linalg.norm(got - s) <= 1e-12 * np.linalg.norm(s)
     u, v = rng.normal(size=n2), rng.normal(size=n2)
@@ -331,9 +333,8 @@ def test_quasi_newton_direction_meets_the_secant_conditions(jammed):
     assert np.dot(v, hu) == pytest.approx(np.dot(u, hv), rel=1e-10)
     assert np.dot(u, hu) > 0 and np.dot(v, hv) > 0
     # a pair with non-positive curvature is not stored
-    before = len(solver.pairs)
-    solver._remember(s, -y)
-    assert len(solver.pairs) == before
+    assert not solver._remember(s, -y)
+    assert solver.npairs == 3
 
 
 def test_factorize_depends_on_the_state_alone(jammed):
