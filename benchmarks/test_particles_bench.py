@@ -116,10 +116,10 @@ AQS_STYLES = {1000: ("table", "lepton"), 4000: ("table", "lepton"), 16000: ("tab
 def test_aqs_step(benchmark, n):
     """AQS steps at N: shear 1e-4 from a minimised state, re-minimise to
     1e-12; STEPS consecutive steps with one NewtonSolver, timed per step, as a
-    run does them (aqs.aqs_step, the run's newton_switch): minimise with the factorisation carried
-    from the last step, then re-anchor it at the new minimum (a fresh
-    factorize, ordering included, which a resumed run repeats: that is what
-    makes resume bitwise). The anchor's share is reported too. LAMMPS FIRE
+    run does them (aqs.aqs_step, the run's newton_switch): minimise with the factorisation
+    and neighbour list carried from the last step, then re-anchor them at the
+    new minimum (a fresh factorize, ordering and list included, which a
+    resumed run repeats: that is what makes resume bitwise). The anchor's share is reported too. LAMMPS FIRE
     (the styles of AQS_STYLES) minimises the same sheared states."""
     steps, rounds = 5, (2 if n <= 4000 else 1)
     base, _ = minimize(random_state(n, 0.9, seed=0), 1e-12, raise_on_failure=True)
@@ -127,7 +127,8 @@ def test_aqs_step(benchmark, n):
 
     def run():
         solver = NewtonSolver()
-        solver.factorize(base)
+        nlist = NeighbourList()
+        solver.factorize(base, nlist)
         state = base
         stats.clear()
         starts.clear()
@@ -136,9 +137,10 @@ def test_aqs_step(benchmark, n):
             start = state.sheared(1e-4)
             starts.append(start)
             state, res = minimize(start, 1e-12, solver=solver, newton_switch=RUN_MINIMIZER.newton_switch,
-                                  raise_on_failure=True)
+                                  raise_on_failure=True, nlist=nlist)
             t = time.perf_counter()
-            solver.factorize(state, NeighbourList())
+            nlist = NeighbourList()
+            solver.factorize(state, nlist)
             anchor += time.perf_counter() - t
             stats.append((res.method, res.force_evals, res.newton_solves, res.factorizations))
         anchor_s.append(anchor / steps)

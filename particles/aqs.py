@@ -27,11 +27,13 @@ One strain step (:func:`aqs_step`):
 
 Determinism and resume. Every engine call starts from its input state only
 (neighbour lists are built at the call's start), except the Newton
-solver's factorisation and its particle ordering, which are carried between
-steps. They are therefore always re-anchored at the stored state of the
-previous step (``solver.factorize(state, NeighbourList())``, a fresh
-ordering included, after each step, and the
-same on resume), so a resumed run repeats an uninterrupted one bit for bit
+solver's factorisation and its particle ordering, and the neighbour list of
+the direct minimisation, which are carried between steps. They are
+therefore always re-anchored at the stored state of the previous step
+(``solver.factorize(state, nlist)`` with a fresh ``nlist``, a fresh ordering
+included, after each step, and the same on resume; the next step's direct
+minimisation starts with that list), so a resumed run repeats an
+uninterrupted one bit for bit
 (at the same thread count: the engine's reductions are thread-count
 independent).
 
@@ -206,6 +208,7 @@ class StepResult:
     record: dict
     avalanche: Avalanche | None = None
     avalanche_row: dict | None = None
+    nlist: NeighbourList | None = None  # built at state; the solver is anchored with it
     wall: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -226,17 +229,20 @@ def record_of(step: int, state: State, ev: Evaluation, res: MinimizeResult, meth
 
 
 def aqs_step(prev: State, prev_record: dict, step: int, solver: NewtonSolver,
-             cfg: ParticlesConfig, on_frame=None) -> StepResult:
+             cfg: ParticlesConfig, on_frame=None, nlist: NeighbourList | None = None
+             ) -> StepResult:
     """Strain step ``step`` from the stored state ``prev`` (whose record is
     ``prev_record``). ``solver`` must hold the LU factorised at ``prev``
-    (see module docstring); it is re-anchored at the new state on return."""
+    with the neighbour list ``nlist`` built there (see module docstring;
+    None: a fresh list); it is re-anchored at the new state on return, with
+    the list in ``StepResult.nlist``."""
     wall0 = _time.perf_counter()
     m, a = cfg.minimizer, cfg.avalanche
     dg = cfg.shear.d_gamma
     strained = prev.sheared(dg)
     solver.fresh = False
     direct, rd = minimize(strained, m.ftol, solver=solver, newton_switch=m.newton_switch,
-                          max_fire_iter=m.max_fire_iter)
+                          max_fire_iter=m.max_fire_iter, nlist=nlist)
     evd = evaluate(direct)
     sxy_prev, e_prev = float(prev_record["stress"][0, 1]), float(prev_record["energy"])
     V = prev.volume
@@ -297,7 +303,8 @@ def aqs_step(prev: State, prev_record: dict, step: int, solver: NewtonSolver,
         log.warning("step %d (gamma = %.6g) did not converge: max|F| = %.3g (%s)", step,
                     out.state.gamma, out.record["max_force"], out.record["method"])
     # anchor the LU at the stored state: what a resumed run does too
-    solver.factorize(out.state, NeighbourList())
+    out.nlist = NeighbourList()
+    solver.factorize(out.state, out.nlist)
     out.wall = _time.perf_counter() - wall0
     return out
 
@@ -417,7 +424,8 @@ def _run_locked(cfg: ParticlesConfig, store: SegmentStore, kill) -> RunSummary:
         next_step = last + 1
 
     solver = NewtonSolver()
-    solver.factorize(state, NeighbourList())
+    nlist = NeighbourList()
+    solver.factorize(state, nlist)
     n_av_start = int(rec["n_avalanches"])
     bar = tqdm(total=n_steps, initial=next_step - 1, unit="step", desc="AQS",
                disable=not out.progress,
@@ -425,7 +433,9 @@ def _run_locked(cfg: ParticlesConfig, store: SegmentStore, kill) -> RunSummary:
     seg_wall, seg_av = _time.perf_counter(), int(rec["n_avalanches"])
     try:
         for step in range(next_step, n_steps + 1):
-            r = aqs_step(state, rec, step, solver, cfg, on_frame=lambda: kill("frame"))
+            r = aqs_step(state, rec, step, solver, cfg, on_frame=lambda: kill("frame"),
+                         nlist=nlist)
+            nlist = r.nlist
             sealing = seal_due(step)
             keep = sealing or step % out.position_every == 0
             frames = None

@@ -420,18 +420,21 @@ class NewtonSolver:
 def minimize(state: State, ftol: float = 1e-12, solver: NewtonSolver | None = None,
              newton_switch: float = 1e-9, newton_first_iter: int = 30,
              fire_params: FireParams | None = None,
-             max_fire_iter: int = 1_000_000, raise_on_failure: bool = False
-             ) -> tuple[State, MinimizeResult]:
+             max_fire_iter: int = 1_000_000, raise_on_failure: bool = False,
+             nlist: NeighbourList | None = None) -> tuple[State, MinimizeResult]:
     """Minimise to max|F| < ftol: Newton first (at most ``newton_first_iter``
     solves) if a factorisation is at hand, else FIRE to ``newton_switch``
     then Newton, else FIRE to ftol.
 
     ``solver`` carries the LU factorisation between calls (pass the same
-    one along an AQS run). Returns (minimised state, result); with
+    one along an AQS run). ``nlist``: the neighbour list for the Newton
+    iterations (default a fresh one; any list gives the same pairs, but
+    the order of the force sums, hence the last bits, follows the state it
+    was built at). Returns (minimised state, result); with
     ``raise_on_failure`` a non-converged run raises MinimizationError.
     """
     solver = solver or NewtonSolver()
-    nlist = NeighbourList()
+    nlist = nlist or NeighbourList()
     total = MinimizeResult(False, np.inf, np.nan)
 
     def absorb(res: MinimizeResult, method: str):
