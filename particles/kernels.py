@@ -558,9 +558,9 @@ def newton_matrix(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec, shift, l
     for i in range(n):
         trace += diag[i, 0] + diag[i, 2]
     typical = max(trace / (2 * n), np.finfo(np.float64).tiny)
-    width = 1
-    for i in range(n):
-        width = max(width, offsets[i + 1] - offsets[i] + 1)
+    # scratch for _coupled_neighbours: particle i's slice starts at offsets[i] + i
+    js_all = np.empty(nk + n, np.int64)
+    ks_all = np.empty(nk + n, np.int64)
     count = np.empty(n, np.int64)  # entries per column of particle i
     for i in prange(n):
         if loose[i]:
@@ -588,8 +588,8 @@ def newton_matrix(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, hsec, shift, l
             indices[c1] = 2 * i + 1
             data[c1] = typical
             continue
-        js = np.empty(width, np.int64)
-        ks = np.empty(width, np.int64)
+        js = js_all[offsets[i] + i:offsets[i + 1] + i + 1]
+        ks = ks_all[offsets[i] + i:offsets[i + 1] + i + 1]
         m = _coupled_neighbours(i, offsets, nbr, touch, loose, js, ks)
         for p in range(m):
             k = ks[p]
