@@ -50,7 +50,8 @@ import numpy as np
 
 from ..kill_switch import KillSwitch
 from .config import ParticlesConfig, physics_hash
-from .minimize import DescentParams, MinimizeResult, NewtonSolver, minimize, steepest_descent
+from .minimize import (DescentParams, MinimizeResult, NewtonSolver, max_force, minimize,
+                       steepest_descent)
 from .potential import Evaluation, NeighbourList, evaluate
 from .state import State, random_state
 from .trajectory import (METHOD_CODES, STEP_FIELDS, Header, SegmentStore, TrajectoryError,
@@ -97,10 +98,6 @@ class Avalanche:
     sd_force_evals: int
 
 
-def _max_force(F: np.ndarray) -> float:
-    return float(np.sqrt(np.max(np.sum(F * F, axis=1))))
-
-
 def descent_params(cfg: ParticlesConfig) -> DescentParams:
     a = cfg.avalanche
     return DescentParams(dt0=a.sd_dt0, dt_max=a.sd_dt_max, eta=a.sd_eta, grow=a.sd_grow,
@@ -137,7 +134,7 @@ def relax_avalanche(start: State, solver: NewtonSolver, cfg: ParticlesConfig,
     ev = evaluate(start)
     rows = {"position": [start.pos.copy()], "time": [0.0], "distance": [0.0],
             "distance_bound": [0.0], "energy": [ev.energy], "stress": [ev.stress],
-            "max_force": [_max_force(ev.forces)]}
+            "max_force": [max_force(ev.forces)]}
     cur, ref, dt = start, start.pos.copy(), None
     t = 0.0
     steps = fevals = 0
@@ -145,7 +142,7 @@ def relax_avalanche(start: State, solver: NewtonSolver, cfg: ParticlesConfig,
     tol = max(a.sd_ftol, ftol)
     notes = []
     final, res = None, None
-    r = MinimizeResult(False, _max_force(ev.forces), ev.energy)
+    r = MinimizeResult(False, max_force(ev.forces), ev.energy)
     while True:
         status = "max_steps"
         while steps < a.max_sd_steps:
@@ -166,7 +163,7 @@ def relax_avalanche(start: State, solver: NewtonSolver, cfg: ParticlesConfig,
             rows["distance_bound"].append(spacing + step_bound)
             rows["energy"].append(ev.energy)
             rows["stress"].append(ev.stress)
-            rows["max_force"].append(_max_force(ev.forces))
+            rows["max_force"].append(max_force(ev.forces))
             ref = cur.pos.copy()
             if on_frame is not None:
                 on_frame()
@@ -218,7 +215,7 @@ def record_of(step: int, state: State, ev: Evaluation, res: MinimizeResult, meth
               dissipation: float = 0.0, nonaffine=(0.0, 0.0)) -> dict:
     """One row of per-step observables."""
     return {"step": step, "gamma": state.gamma, "energy": ev.energy, "stress": ev.stress,
-            "pressure": ev.pressure, "max_force": _max_force(ev.forces),
+            "pressure": ev.pressure, "max_force": max_force(ev.forces),
             "converged": int(bool(res.converged)),
             "iterations": res.iterations, "force_evals": res.force_evals,
             "newton_solves": res.newton_solves, "factorizations": res.factorizations,

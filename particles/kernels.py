@@ -678,14 +678,6 @@ def single_contact_moves(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, mask, g
 # --------------------------------------------------------------------------
 
 @njit(cache=True)
-def _max_force(forces):
-    m = 0.0
-    for i in range(forces.shape[0]):
-        m = max(m, forces[i, 0] * forces[i, 0] + forces[i, 1] * forces[i, 1])
-    return math.sqrt(m)
-
-
-@njit(cache=True)
 def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
               n_delay, f_inc, f_dec, alpha0, f_alpha, n_neg_max):
     """FIRE 2.0 (Guenole et al., Comput. Mater. Sci. 175, 109584 (2020)) with
@@ -703,7 +695,7 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
     vel = np.zeros((n, 2))
     energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
     nfev = 1
-    fmax = _max_force(forces)
+    fmax = max_norm(forces)
     if fmax < ftol:
         return 0, True, fmax, energy, nfev, rebuilds
     dt = dt0
@@ -799,7 +791,7 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
     epart = np.zeros(n)
     trial = np.empty((n, 2))
     energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
-    fmax = _max_force(forces)
+    fmax = max_norm(forces)
     accepted = 0
     rejected = 0
     time = 0.0
@@ -828,7 +820,7 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
             time += dt
             accepted += 1
             dt = min(dt * grow, dt_max)
-            fmax = _max_force(forces)
+            fmax = max_norm(forces)
             if fmax < ftol:
                 status = 0
                 break

@@ -122,8 +122,8 @@ def steepest_descent(state: State, ftol: float = 1e-12, max_steps: int = 10_000_
     return out, res, dt_next
 
 
-def _max_norm(F: np.ndarray) -> float:
-    """max_i |F_i| of an (N, 2) array."""
+def max_force(F: np.ndarray) -> float:
+    """max_i |F_i| of forces F (N, 2) (or (2N,))."""
     return float(kernels.max_norm(np.ascontiguousarray(F).reshape(-1, 2)))
 
 
@@ -355,7 +355,7 @@ class NewtonSolver:
         energy, F = forces(cur, nlist)
         nfev = 1
         solves0, fact0 = self.solves, self.factorizations
-        fmax = _max_norm(F)
+        fmax = max_force(F)
         fnorm = float(np.linalg.norm(F))
         notes = []
         slow = 0  # consecutive steps that reduced |F| by less than rate
@@ -377,7 +377,7 @@ class NewtonSolver:
                 self.lu = None
                 continue
             accepted = False
-            move = _max_norm(d.reshape(-1, 2))
+            move = max_force(d.reshape(-1, 2))
             step = min(1.0, self.max_move / move) if move > 0.0 else 1.0
             for _ in range(self.halvings):
                 trial = cur.copy()
@@ -403,7 +403,7 @@ class NewtonSolver:
             fast = ratio <= self.rate
             slow = 0 if fast else slow + 1
             slow_fresh = 0 if fast else (slow_fresh + 1 if self.fresh else slow_fresh)
-            cur, energy, F, fnorm, fmax = trial, e_t, F_t, fnorm_t, _max_norm(F_t)
+            cur, energy, F, fnorm, fmax = trial, e_t, F_t, fnorm_t, max_force(F_t)
             self.fresh = False
             if slow_fresh >= self.max_slow:
                 notes.append("slow convergence with fresh factorisations")
