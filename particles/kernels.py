@@ -114,6 +114,17 @@ def max_displacement(pos, ref):
 
 
 @njit(cache=True)
+def max_displacement_mapped(pos, ref, a):
+    """max_i |pos_i - a ref_i| for (N, 2) arrays and a 2 x 2 map a."""
+    d2 = 0.0
+    for i in range(pos.shape[0]):
+        dx = pos[i, 0] - (a[0, 0] * ref[i, 0] + a[0, 1] * ref[i, 1])
+        dy = pos[i, 1] - (a[1, 0] * ref[i, 0] + a[1, 1] * ref[i, 1])
+        d2 = max(d2, dx * dx + dy * dy)
+    return math.sqrt(d2)
+
+
+@njit(cache=True)
 def remove_mean_force(forces, loose, out):
     """out = forces (N, 2) with, on the particles where ``loose`` (N,) is
     False, their mean force subtracted (a serial sum: the same bits at any

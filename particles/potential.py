@@ -33,6 +33,9 @@ class NeighbourList:
         self._ref_box = None
         self._ref_h_inv = None
         self._ref_gamma = None
+        self._contact_max = 0.0  # the largest pair contact distance at the build
+        self._box_key = None  # the last box checked, and its map A and sigma_min(A)
+        self._box_map = None
 
     def update(self, state: State) -> tuple:
         """Return (offsets, nbr, imx, imy) valid for ``state``, rebuilding if needed."""
@@ -43,6 +46,8 @@ class NeighbourList:
             self._ref_box = (state.Lx, state.Ly, state.tilt)
             self._ref_h_inv = np.linalg.inv(state.box_matrix)
             self._ref_gamma = state.gamma
+            self._contact_max = 2.0 * float(state.radii.max())
+            self._box_key = None
             self.rebuilds += 1
         return self.arrays
 
@@ -51,20 +56,23 @@ class NeighbourList:
             return True
         if np.floor(state.gamma + 0.5) != np.floor(self._ref_gamma + 0.5):
             return True  # box remapped: images change
-        if (state.Lx, state.Ly, state.tilt) == self._ref_box:  # the same box: A = 1
-            smin, ref = 1.0, self._ref_pos
+        box = (state.Lx, state.Ly, state.tilt)
+        if box == self._ref_box:  # the same box: A = 1
+            dmax = kernels.max_displacement(state.pos, self._ref_pos)
+            smin = 1.0
         else:
-            a = state.box_matrix @ self._ref_h_inv
-            # smallest singular value of the 2 x 2 map a, |det a| / the largest
-            # one (closed form, accurate to about 1e-12 near a = 1: made
-            # smaller by 1e-9 so that the test stays on the safe side)
-            f2 = float(np.sum(a * a))
-            det = abs(float(a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]))
-            smax = math.sqrt(0.5 * (f2 + math.sqrt(max(f2 * f2 - 4.0 * det * det, 0.0))))
-            smin = det / smax * (1.0 - 1e-9)
-            ref = self._ref_pos @ a.T
-        dmax = kernels.max_displacement(state.pos, ref)
-        s = 2.0 * float(state.radii.max())
+            if box != self._box_key:
+                a = state.box_matrix @ self._ref_h_inv
+                # smallest singular value of the 2 x 2 map a, |det a| / the largest
+                # one (closed form, accurate to about 1e-12 near a = 1: made
+                # smaller by 1e-9 so that the test stays on the safe side)
+                f2 = float(np.sum(a * a))
+                det = abs(float(a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]))
+                smax = math.sqrt(0.5 * (f2 + math.sqrt(max(f2 * f2 - 4.0 * det * det, 0.0))))
+                self._box_key, self._box_map = box, (a, det / smax * (1.0 - 1e-9))
+            a, smin = self._box_map
+            dmax = kernels.max_displacement_mapped(state.pos, self._ref_pos, a)
+        s = self._contact_max
         return smin * (s + SKIN) - 2.0 * dmax < s
 
 

@@ -118,6 +118,46 @@ def test_cell_list_equals_brute_force(gamma):
     assert offsets[-1] > 4 * state.n + 64
 
 
+def _contact_pairs(state, offsets, nbr, imx, imy):
+    """(i, j, image) of the pairs of a list that are closer than contact."""
+    xy = state.tilt * state.Ly
+    out = set()
+    for i in range(state.n):
+        for k in range(offsets[i], offsets[i + 1]):
+            j = int(nbr[k])
+            d = state.pos[j] - state.pos[i] + np.array([imx[k] * state.Lx + imy[k] * xy,
+                                                        imy[k] * state.Ly])
+            if np.hypot(*d) < state.radii[i] + state.radii[j]:
+                out.add((i, j, int(imx[k]), int(imy[k])))
+    return out
+
+
+def test_reused_neighbour_list_keeps_every_contact():
+    """A NeighbourList carried through affine box changes (shear, isotropic
+    compression) and growing random displacements, as the minimisers and the AQS
+    step carry it, holds every pair closer than contact at each state (the
+    brute-force set of a fresh list), rebuilding only when its skin test
+    fails; both branches of the test (same box, mapped box) are exercised."""
+    state = random_state(300, 0.9, seed=12).sheared(0.2)
+    nl = NeighbourList()
+    nl.update(state)
+    rng = np.random.default_rng(4)
+    reused = {"same box": 0, "mapped box": 0}
+    for step in range(40):
+        if step % 2:
+            new = state.sheared(2e-3) if step % 4 == 1 else state.strained(-1e-3, -1e-3)
+        else:
+            new = state.copy()
+        new.pos += rng.normal(scale=4e-3 * (1 + step % 5), size=new.pos.shape)
+        before = nl.rebuilds
+        got = _contact_pairs(new, *nl.update(new))
+        if nl.rebuilds == before:
+            reused["mapped box" if step % 2 else "same box"] += 1
+        assert got == _contact_pairs(new, *NeighbourList().update(new)), step
+        state = new
+    assert min(reused.values()) > 0 and nl.rebuilds > 1, (reused, nl.rebuilds)
+
+
 @pytest.mark.parametrize("gamma", [0.2, -1.4])
 def test_lattice_shift_invariance(gamma):
     state = _with_gamma(random_state(100, 0.9, seed=5), gamma)
