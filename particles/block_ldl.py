@@ -421,6 +421,20 @@ def _analyse(indptr, indices, perm, pinv, parent, lnz, relax, zrelax, max_sn):
     return Lp, Li, sn, Sp, Si, nchild, Loff, stack_size, maxf, nzero
 
 
+_POOL: dict[str, np.ndarray] = {}
+
+
+def _pool(name: str, size: int, dtype=np.float64) -> np.ndarray:
+    """The first ``size`` entries of the module's work array ``name``, grown
+    (never shrunk) as analyses need: fresh multi-MB arrays for every
+    factorisation cost more in first-touch page faults than the work in
+    small fronts. Not thread-safe (neither is one numba kernel's use of it)."""
+    a = _POOL.get(name)
+    if a is None or a.size < size:
+        a = _POOL[name] = np.empty(max(size, 1), dtype)
+    return a[:size]
+
+
 @dataclasses.dataclass(frozen=True)
 class Symbolic:
     """Result of :func:`analyse` (node level, n = N nodes).
@@ -450,6 +464,17 @@ class Symbolic:
     stack_size: int
     max_front: int
     zero_blocks: int
+
+    def workspace(self) -> tuple:
+        """The numeric factorisation's work arrays for this analysis (front
+        buffers G, WT (max_front^2), W0, W1, cmap (max_front), the update
+        stack (stack_size), its index arrays (nsn + 1), rel, mark (n)): views
+        of this module's work pool (:func:`_pool`)."""
+        f, nsn, n = self.max_front, len(self.sn) - 1, self.n
+        return (_pool("G", f * f), _pool("WT", f * f), _pool("W0", f), _pool("W1", f),
+                _pool("cmap", f, np.int64), _pool("stack", self.stack_size),
+                _pool("stk_id", nsn + 1, np.int64), _pool("stk_off", nsn + 1, np.int64),
+                _pool("rel", n, np.int64), _pool("mark", n, np.int64))
 
     @property
     def n(self) -> int:
@@ -532,8 +557,8 @@ def analyse(indptr: np.ndarray, indices: np.ndarray, perm: np.ndarray | None = N
 # --------------------------------------------------------------------------
 
 @njit(cache=True)
-def _factorize(perm, pinv, sn, Sp, Si, nchild, Loff, stack_size, maxf,
-               indptr, indices, data, Lx, D, Dinv):
+def _factorize(perm, pinv, sn, Sp, Si, nchild, Loff, indptr, indices, data, Lx, D, Dinv,
+               G, WT, W0, W1, cmap, stack, stk_id, stk_off, rel, mark):
     """Multifrontal block LDL^T of C = P A P^T (node permutation ``perm``).
 
     Supernode J (nodes f:l, s = l - f, m rows below: Si[Sp[J]:Sp[J + 1]]) has
@@ -546,22 +571,15 @@ def _factorize(perm, pinv, sn, Sp, Si, nchild, Loff, stack_size, maxf,
     stack for the parent. Fills D and Dinv (n, 4) (row-major 2x2 blocks).
     Returns (first position with a non-positive-definite D block, first with
     a singular one, first column holding an entry outside the analysed
-    pattern), each -1 if none.
+    pattern), each -1 if none; it stops at such an entry. The remaining
+    arguments are the workspace of :meth:`Symbolic.workspace` (contents
+    irrelevant on entry).
     """
     n = perm.shape[0]
     nsn = sn.shape[0] - 1
-    G = np.empty(maxf * maxf)
-    WT = np.empty(maxf * maxf)
-    W0 = np.empty(maxf)
-    W1 = np.empty(maxf)
-    cmap = np.empty(maxf, np.int64)
-    stack = np.empty(stack_size)
-    stk_id = np.empty(nsn + 1, np.int64)
-    stk_off = np.empty(nsn + 1, np.int64)
     nst = 0
     top = 0
-    rel = np.empty(n, np.int64)
-    mark = np.full(n, -1, np.int64)
+    mark[:] = -1
     first_npd = -1
     first_sing = -1
     bad = -1
@@ -601,9 +619,7 @@ def _factorize(perm, pinv, sn, Sp, Si, nchild, Loff, stack_size, maxf,
                     if i < k:
                         continue
                     if mark[i] != J:
-                        if bad < 0:
-                            bad = k
-                        continue
+                        return first_npd, first_sing, k  # not in the analysed pattern
                     row = rel[i] + (r & 1)
                     if row >= col:
                         P[row * ns + col] += data[p]
@@ -924,9 +940,12 @@ class Factor:
         return L, Dm, p
 
 
-def factorize(sym: Symbolic, A) -> Factor:
+def factorize(sym: Symbolic, A, reuse: Factor | None = None) -> Factor:
     """Numeric block LDL^T of the symmetric (2N, 2N) sparse matrix A (any
     scipy sparse format; CSC is used as is) with the analysis ``sym``.
+    ``reuse``: a factor of the same N that is no longer needed; its arrays
+    are overwritten where large enough (no fresh 4 MB per call at N = 4000,
+    whose first touch costs page faults) and it must not be used afterwards.
 
     The pattern of A must be a subset of the one ``sym`` was analysed with
     (missing entries are zeros); entries outside it raise ValueError. Only
@@ -938,12 +957,16 @@ def factorize(sym: Symbolic, A) -> Factor:
     A = sp.csc_matrix(A)
     if A.shape != (2 * n, 2 * n):
         raise ValueError(f"A must have shape ({2 * n}, {2 * n}), got {A.shape}")
-    Lx = np.empty(sym.Loff[-1])
-    D = np.empty((n, 4))
-    Dinv = np.empty((n, 4))
+    buf = None if reuse is None else (reuse.Lx if reuse.Lx.base is None else reuse.Lx.base)
+    if buf is not None and buf.size >= sym.Loff[-1] and reuse.sym.n == n:
+        Lx, D, Dinv = buf[:sym.Loff[-1]], reuse.D.reshape(n, 4), reuse.Dinv.reshape(n, 4)
+    else:
+        Lx = np.empty(sym.Loff[-1])
+        D = np.empty((n, 4))
+        Dinv = np.empty((n, 4))
     first_npd, first_sing, bad = _factorize(
-        sym.perm, sym.pinv, sym.sn, sym.Sp, sym.Si, sym.nchild, sym.Loff, sym.stack_size,
-        sym.max_front, A.indptr, A.indices, np.asarray(A.data, np.float64), Lx, D, Dinv)
+        sym.perm, sym.pinv, sym.sn, sym.Sp, sym.Si, sym.nchild, sym.Loff, A.indptr, A.indices,
+        np.asarray(A.data, np.float64), Lx, D, Dinv, *sym.workspace())
     if bad >= 0:
         raise ValueError(f"A has an entry in block column of node {sym.perm[bad]} "
                          "outside the analysed pattern")

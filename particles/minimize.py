@@ -194,6 +194,7 @@ class NewtonSolver:
         self.max_iter = max_iter
         self.shift = shift
         self.lu = None  # block_ldl.Factor of H + D
+        self._last = None  # the last factor computed: its arrays are reused by the next
         self.order = None  # (N,) node ordering of the last fresh factorize
         self.sym = None  # block_ldl.Symbolic for it
         self.loose = None  # (N,) particles decoupled in the factorisation
@@ -232,8 +233,9 @@ class NewtonSolver:
         A, loose = self._matrix(state, nlist)
         if not keep_order or self.order is None or len(self.order) != state.n:
             self.order = self.sym = None
+        spare, self._last, self.lu = self._last, None, None
         try:
-            fac = block_ldl.factorize(self.sym, A) if self.sym is not None else None
+            fac = block_ldl.factorize(self.sym, A, spare) if self.sym is not None else None
         except ValueError:  # the contact graph gained a pair: analyse again
             fac = None
         if fac is None:
@@ -241,7 +243,8 @@ class NewtonSolver:
             if self.order is None:
                 self.order = block_ldl.fill_reducing_order(indptr, indices)
             self.sym = block_ldl.analyse(indptr, indices, self.order)
-            fac = block_ldl.factorize(self.sym, A)
+            fac = block_ldl.factorize(self.sym, A, spare)
+        self._last = fac
         if fac.singular:
             self.lu = None
             return False
