@@ -46,11 +46,9 @@ def _lammps(state, style="lepton"):
 
 def _our_force_seconds(state, repeats=None):
     nl = NeighbourList()
-    offsets, nbr, imx, imy = nl.update(state)
+    nl.update(state)
     out = np.empty((state.n, 2))
-    epart = np.empty(state.n)
-    args = (state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy,
-            out, epart)
+    args = (state.pos, state.radii, state.Lx, state.Ly, state.tilt, *nl.pairs, out)
     kernels.hertz_forces(*args)
     repeats = repeats or max(20, 400_000 // state.n)
     best = np.inf

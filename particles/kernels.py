@@ -275,7 +275,8 @@ def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
     Returns (offsets (N+1,) int64, nbr (M,) int32, imx (M,) int32,
     imy (M,) int32): the neighbours of i are nbr[offsets[i]:offsets[i+1]]
     in a deterministic order, and r_ij = x_j - x_i + imx a1 + imy a2 with
-    the image that is nearest when the list is built.
+    the image that is nearest when the list is built. half_pairs turns it
+    into the flat list of pairs i < j that hertz_forces takes.
 
     One serial pass: each particle's neighbours are written straight after
     the previous particle's; the arrays grow when the next particle's
@@ -318,59 +319,93 @@ def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
 # --------------------------------------------------------------------------
 
 @njit(cache=True)
-def hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart):
-    """Forces (N, 2) and per-particle energies (N,) (half of each pair), in place.
-
-    Each pair is evaluated once (from its lower index) and its force added
-    to both particles, so forces are exactly antisymmetric pair by pair.
-    Serial: on one core this is about twice as fast as a parallel loop
-    over the full list, and the sums are in a fixed order. Returns the
-    total energy.
-    """
-    n = pos.shape[0]
-    xy = tilt * Ly
-    forces[:, :] = 0.0
-    epart[:] = 0.0
+def half_pairs(offsets, nbr, imx, imy):
+    """The pairs i < j of a full list (build_neighbour_list) as flat arrays
+    (pi, pj, hx, hy) (M/2,) int32 in list order: r_ij = x_j - x_i + hx a1 +
+    hy a2."""
+    n = offsets.shape[0] - 1
+    count = 0
     for i in range(n):
-        fx = 0.0
-        fy = 0.0
-        e = 0.0
-        xi = pos[i, 0]
-        yi = pos[i, 1]
-        ri = rad[i]
         for k in range(offsets[i], offsets[i + 1]):
-            j = nbr[k]
-            if j < i:
-                continue
-            dx = pos[j, 0] - xi + imx[k] * Lx + imy[k] * xy
-            dy = pos[j, 1] - yi + imy[k] * Ly
-            s = ri + rad[j]
-            r2 = dx * dx + dy * dy
-            if r2 < s * s:
-                rinv = 1.0 / math.sqrt(r2)
-                inv_s = 1.0 / s
-                h = 1.0 - r2 * rinv * inv_s
-                sh = math.sqrt(h)
-                u = 0.5 * h * h * sh
-                e += u
-                epart[j] += u
-                fr = 2.5 * inv_s * h * sh * rinv  # -u'(r)/r
-                fx -= fr * dx
-                fy -= fr * dy
-                forces[j, 0] += fr * dx
-                forces[j, 1] += fr * dy
-        forces[i, 0] += fx
-        forces[i, 1] += fy
-        epart[i] += e
-    etot = 0.0
+            if nbr[k] > i:
+                count += 1
+    pi = np.empty(count, np.int32)
+    pj = np.empty(count, np.int32)
+    hx = np.empty(count, np.int32)
+    hy = np.empty(count, np.int32)
+    q = 0
     for i in range(n):
-        etot += epart[i]
+        for k in range(offsets[i], offsets[i + 1]):
+            if nbr[k] > i:
+                pi[q] = i
+                pj[q] = nbr[k]
+                hx[q] = imx[k]
+                hy[q] = imy[k]
+                q += 1
+    return pi, pj, hx, hy
+
+
+#: pairs per vectorised batch in hertz_forces (small work arrays: they live
+#: on the heap, never in fresh mmapped pages)
+HERTZ_BATCH = 256
+
+
+@njit(cache=True, error_model="numpy")
+def hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces):
+    """Forces (N, 2), in place, and the total energy (returned) from the
+    flat pair list (pi, pj, hx, hy) of half_pairs.
+
+    Each pair's force is added to both particles, so forces are exactly
+    antisymmetric pair by pair. Batches of HERTZ_BATCH pairs: separations
+    gathered, then the pair terms in one loop over contiguous arrays
+    without branches or division checks (error_model="numpy"; pairs apart
+    get h = 0), which vectorises, square roots and division included
+    (they bound a scalar pair loop), then the forces scattered in pair
+    order. Serial, the sums in a fixed order. Per-particle energies:
+    hertz_virial.
+    """
+    xy = tilt * Ly
+    nb = HERTZ_BATCH
+    dx = np.empty(nb)
+    dy = np.empty(nb)
+    s = np.empty(nb)
+    fr = np.empty(nb)
+    u = np.empty(nb)
+    forces[:, :] = 0.0
+    etot = 0.0
+    m = pi.shape[0]
+    for b in range(0, m, nb):
+        c = min(nb, m - b)
+        for q in range(c):
+            i = pi[b + q]
+            j = pj[b + q]
+            dx[q] = pos[j, 0] - pos[i, 0] + hx[b + q] * Lx + hy[b + q] * xy
+            dy[q] = pos[j, 1] - pos[i, 1] + hy[b + q] * Ly
+            s[q] = rad[i] + rad[j]
+        for q in range(c):  # vectorised
+            r2 = dx[q] * dx[q] + dy[q] * dy[q]
+            t = 1.0 / (s[q] * math.sqrt(r2))  # 1 / (s r): the only division
+            h = max(1.0 - r2 * t, 0.0)  # 1 - r/s, 0 for pairs apart
+            sh = math.sqrt(h)
+            u[q] = h * h * sh
+            fr[q] = 2.5 * h * sh * t  # -u'(r)/r
+        for q in range(c):
+            i = pi[b + q]
+            j = pj[b + q]
+            fx = fr[q] * dx[q]
+            fy = fr[q] * dy[q]
+            forces[i, 0] -= fx
+            forces[i, 1] -= fy
+            forces[j, 0] += fx
+            forces[j, 1] += fy
+            etot += u[q]
     return etot
 
 
 @njit(cache=True, parallel=True)
-def hertz_virial(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, virial):
-    """Per-particle virial W_i (N, 2, 2) = (1/2) sum_j u'(r) r_a r_b / r, in place.
+def hertz_virial(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, virial, epart):
+    """Per-particle virial W_i (N, 2, 2) = (1/2) sum_j u'(r) r_a r_b / r and
+    energy epart (N,) = (1/2) sum_j u(r_ij), in place, from the full list.
 
     sum_i W_i / V is the stress tensor sigma (see module docstring); units
     of energy. Returns the summed (2, 2) tensor (serial sum).
@@ -381,6 +416,7 @@ def hertz_virial(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, virial):
         wxx = 0.0
         wxy = 0.0
         wyy = 0.0
+        e = 0.0
         for k in range(offsets[i], offsets[i + 1]):
             j = nbr[k]
             dx, dy = _separation(pos, i, j, imx[k], imy[k], Lx, Ly, xy)
@@ -389,11 +425,14 @@ def hertz_virial(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, virial):
             if r2 < s * s:
                 r = math.sqrt(r2)
                 h = 1.0 - r / s
-                du = -2.5 / s * h * math.sqrt(h)  # u'(r)
+                sh = math.sqrt(h)
+                e += 0.5 * h * h * sh
+                du = -2.5 / s * h * sh  # u'(r)
                 c = 0.5 * du / r
                 wxx += c * dx * dx
                 wxy += c * dx * dy
                 wyy += c * dy * dy
+        epart[i] = e
         virial[i, 0, 0] = wxx
         virial[i, 0, 1] = wxy
         virial[i, 1, 0] = wxy
@@ -698,13 +737,12 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
     max|F|, energy, force evaluations, neighbour rebuilds).
     """
     n = pos.shape[0]
-    offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+    pi, pj, hx, hy = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin))
     ref = pos.copy()
     rebuilds = 1
     forces = np.zeros((n, 2))
-    epart = np.zeros(n)
     vel = np.zeros((n, 2))
-    energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
+    energy = hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces)
     nfev = 1
     fmax = max_norm(forces)
     if fmax < ftol:
@@ -758,10 +796,10 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
             dy = pos[i, 1] - ref[i, 1]
             d2 = max(d2, dx * dx + dy * dy)
         if math.sqrt(d2) > 0.5 * skin:
-            offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+            pi, pj, hx, hy = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin))
             ref[:, :] = pos
             rebuilds += 1
-        energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
+        energy = hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces)
         nfev += 1
         # max|F| and the power for the next iteration, in one pass
         f2 = 0.0
@@ -795,13 +833,12 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
     energy): status 0 converged, 1 reached stop_disp, 2 max_steps.
     """
     n = pos.shape[0]
-    offsets, nbr, imx, imy = build_neighbour_list(pos, rad, Lx, Ly, tilt, skin)
+    pi, pj, hx, hy = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin))
     ref = pos.copy()
     forces = np.zeros((n, 2))
     trial_f = np.zeros((n, 2))
-    epart = np.zeros(n)
     trial = np.empty((n, 2))
-    energy = hertz_forces(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, forces, epart)
+    energy = hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces)
     fmax = max_norm(forces)
     accepted = 0
     rejected = 0
@@ -814,9 +851,9 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
             trial[i, 0] = pos[i, 0] + dt * forces[i, 0]
             trial[i, 1] = pos[i, 1] + dt * forces[i, 1]
         if max_displacement(trial, ref) > 0.5 * skin:
-            offsets, nbr, imx, imy = build_neighbour_list(trial, rad, Lx, Ly, tilt, skin)
+            pi, pj, hx, hy = half_pairs(*build_neighbour_list(trial, rad, Lx, Ly, tilt, skin))
             ref[:, :] = trial
-        e_trial = hertz_forces(trial, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, trial_f, epart)
+        e_trial = hertz_forces(trial, rad, Lx, Ly, tilt, pi, pj, hx, hy, trial_f)
         ff = 0.0
         dd = 0.0
         f2 = 0.0

@@ -29,6 +29,7 @@ class NeighbourList:
     def __init__(self):
         self.rebuilds = 0
         self.arrays = None
+        self.pairs = None  # kernels.half_pairs of arrays
         self._ref_pos = None
         self._ref_box = None
         self._ref_h_inv = None
@@ -38,10 +39,12 @@ class NeighbourList:
         self._box_map = None
 
     def update(self, state: State) -> tuple:
-        """Return (offsets, nbr, imx, imy) valid for ``state``, rebuilding if needed."""
+        """Return (offsets, nbr, imx, imy) valid for ``state``, rebuilding if
+        needed; ``self.pairs`` is then its flat list of pairs i < j."""
         if self.arrays is None or self._needs_rebuild(state):
             self.arrays = kernels.build_neighbour_list(
                 state.pos, state.radii, state.Lx, state.Ly, state.tilt, SKIN)
+            self.pairs = kernels.half_pairs(*self.arrays)
             self._ref_pos = state.pos.copy()
             self._ref_box = (state.Lx, state.Ly, state.tilt)
             self._ref_h_inv = np.linalg.inv(state.box_matrix)
@@ -105,20 +108,19 @@ def evaluate(state: State, nlist: NeighbourList | None = None) -> Evaluation:
     forces = np.empty((state.n, 2))
     epart = np.empty(state.n)
     virial = np.empty((state.n, 2, 2))
-    args = (state.pos, state.radii, state.Lx, state.Ly, state.tilt, offsets, nbr, imx, imy)
-    energy = kernels.hertz_forces(*args, forces, epart)
-    stress = kernels.hertz_virial(*args, virial) / state.volume
+    box = (state.pos, state.radii, state.Lx, state.Ly, state.tilt)
+    energy = kernels.hertz_forces(*box, *nlist.pairs, forces)
+    stress = kernels.hertz_virial(*box, offsets, nbr, imx, imy, virial, epart) / state.volume
     return Evaluation(energy, forces, epart, virial, stress, -0.5 * float(np.trace(stress)))
 
 
 def forces(state: State, nlist: NeighbourList | None = None) -> tuple[float, np.ndarray]:
     """(energy, forces (N, 2)) without the stress: the minimisers' hot call."""
     nlist = nlist or NeighbourList()
-    offsets, nbr, imx, imy = nlist.update(state)
+    nlist.update(state)
     out = np.empty((state.n, 2))
-    epart = np.empty(state.n)
     energy = kernels.hertz_forces(state.pos, state.radii, state.Lx, state.Ly, state.tilt,
-                                  offsets, nbr, imx, imy, out, epart)
+                                  *nlist.pairs, out)
     return energy, out
 
 
