@@ -227,6 +227,9 @@ class NewtonSolver:
         the ordering of the last call instead, see the class docstring).
         The matrix is positive definite at a stable state; an indefinite
         one is factorised all the same (``self.lu.positive_definite``).
+        The previous factor's arrays are recycled (block_ldl.factorize's
+        ``reuse``): a reference to an earlier ``self.lu`` is not valid after
+        this call.
         """
         nlist = nlist or NeighbourList()
         self.npairs = 0
