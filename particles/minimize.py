@@ -8,8 +8,9 @@ max_i |F_i| < ftol (force units: energy / small-particle diameter).
 current state with a sparse block LDL^T factorisation (:mod:`.block_ldl`)
 kept in a :class:`NewtonSolver`
 (reused across iterations and across strain steps while it still converges
-fast), falls back to FIRE down to ``newton_switch`` and then Newton, and
-finally to FIRE all the way. Every step is safeguarded so that it never
+fast), falls back to FIRE down to ``newton_switch`` and then Newton; where
+that Newton stalls, FIRE goes on to a 100 times smaller tolerance
+(``FIRE_LADDER``) and Newton is tried again, down to ``ftol``. Every step is safeguarded so that it never
 goes uphill; an indefinite Hessian (a step that is not a descent
 direction) makes Newton hand over.
 """
@@ -22,6 +23,10 @@ import scipy.sparse as sp
 from . import block_ldl, kernels
 from .potential import NeighbourList, forces
 from .state import SKIN, State
+
+#: where Newton stalls after FIRE reached the switch tolerance, FIRE goes on to
+#: this factor times it before the next Newton try (minimize)
+FIRE_LADDER = 1e-2
 
 
 @dataclass
@@ -430,7 +435,8 @@ def minimize(state: State, ftol: float = 1e-12, solver: NewtonSolver | None = No
              nlist: NeighbourList | None = None) -> tuple[State, MinimizeResult]:
     """Minimise to max|F| < ftol: Newton first (at most ``newton_first_iter``
     solves) if a factorisation is at hand, else FIRE to ``newton_switch``
-    then Newton, else FIRE to ftol.
+    then Newton; where Newton stalls, FIRE to FIRE_LADDER x that tolerance
+    and Newton again, ..., FIRE to ftol last.
 
     ``solver`` carries the LU factorisation between calls (pass the same
     one along an AQS run). ``nlist``: the neighbour list for the Newton
@@ -456,17 +462,16 @@ def minimize(state: State, ftol: float = 1e-12, solver: NewtonSolver | None = No
     if solver.lu is not None:
         cur, res = solver.solve(cur, ftol, nlist, max_iter=newton_first_iter)
         absorb(res, "newton")
-    if not total.converged:
-        switch = max(newton_switch, ftol)
+    switch = max(newton_switch, ftol)
+    while not total.converged:
         cur, res = fire(cur, switch, max_fire_iter, fire_params)
         absorb(res, "fire")
-        if res.converged and switch > ftol:
-            solver.lu = None
-            cur, res = solver.solve(cur, ftol, nlist)
-            absorb(res, "fire+newton")
-            if not res.converged:
-                cur, res = fire(cur, ftol, max_fire_iter, fire_params)
-                absorb(res, "fire")
+        if not res.converged or switch <= ftol:
+            break
+        solver.lu = None
+        cur, res = solver.solve(cur, ftol, nlist)
+        absorb(res, "fire+newton")
+        switch = max(switch * FIRE_LADDER, ftol)
     if total.converged and solver.lu is None:
         solver.factorize(cur, nlist)  # ready for the next strain step
     if raise_on_failure and not total.converged:

@@ -11,6 +11,7 @@ Tolerances follow from the maths:
   magnitudes: rtol 1e-12.
 """
 
+import importlib
 import itertools
 
 import numpy as np
@@ -22,6 +23,7 @@ from step_epm.particles import (NewtonSolver, State, affine_force, elastic_const
                                 evaluate, fire, hessian, jammed_packing, minimize,
                                 random_state, steepest_descent)
 from step_epm.particles import kernels
+from step_epm.particles.minimize import MinimizeResult
 from step_epm.particles.potential import NeighbourList
 from step_epm.particles.state import SKIN
 
@@ -219,6 +221,46 @@ def test_newton_reuses_factorisation_across_a_strain_step(jammed):
     assert res.newton_solves <= 10
     assert solver.factorizations - f0 <= 1
     assert np.max(np.linalg.norm(evaluate(stepped).forces, axis=1)) < 1e-12
+
+
+@pytest.mark.parametrize("stalls, expected", [
+    (0, [1e-7]), (1, [1e-7, 1e-9]), (3, [1e-7, 1e-9, 1e-11, 1e-12])])
+def test_stalled_newton_goes_down_the_fire_ladder(monkeypatch, stalls, expected):
+    """Where Newton stalls after FIRE reached newton_switch, minimize runs
+    FIRE on to FIRE_LADDER (1e-2) times that tolerance and tries Newton
+    again, and so on, with FIRE to ftol itself last (no Newton after it).
+    A solver that stalls its first ``stalls`` tries (and no factorisation at
+    hand, so FIRE comes first) must see exactly these FIRE tolerances, and
+    the result meets ftol either way."""
+    mod = importlib.import_module("step_epm.particles.minimize")
+    assert mod.FIRE_LADDER == 1e-2
+    tols = []
+    real_fire = mod.fire
+
+    def recording_fire(state, ftol, *args, **kwargs):
+        tols.append(ftol)
+        return real_fire(state, ftol, *args, **kwargs)
+
+    monkeypatch.setattr(mod, "fire", recording_fire)
+
+    class Stalling(NewtonSolver):
+        left = stalls
+        tries = 0
+
+        def solve(self, state, ftol, nlist=None, max_iter=None):
+            self.tries += 1
+            if self.left:
+                self.left -= 1
+                return state.copy(), MinimizeResult(False, 1.0, np.nan, notes=["stalled (test)"])
+            return super().solve(state, ftol, nlist, max_iter)
+
+    solver = Stalling()
+    out, res = minimize(random_state(64, 0.9, seed=2), 1e-12, solver=solver, newton_switch=1e-7)
+    assert tols == pytest.approx(expected, rel=1e-12)
+    assert solver.tries == min(stalls + 1, 3)
+    assert res.converged and res.method == ("fire" if stalls == 3 else "fire+newton")
+    assert res.notes.count("stalled (test)") == stalls
+    assert np.max(np.linalg.norm(evaluate(out).forces, axis=1)) < 1e-12
 
 
 @pytest.mark.parametrize("phi, d_gamma", [(0.9, 1e-3), (0.86, 3e-3)])
