@@ -321,16 +321,17 @@ def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
 @njit(cache=True)
 def half_pairs(offsets, nbr, imx, imy):
     """The pairs i < j of a full list (build_neighbour_list) as flat arrays
-    (pi, pj, hx, hy) (M/2,) int32 in list order: r_ij = x_j - x_i + hx a1 +
-    hy a2."""
+    (M/2,) in list order: particle indices pi, pj uint32 (unsigned: the
+    force kernel's gathers then need no negative-index wraparound), image
+    shifts hx, hy int32, r_ij = x_j - x_i + hx a1 + hy a2."""
     n = offsets.shape[0] - 1
     count = 0
     for i in range(n):
         for k in range(offsets[i], offsets[i + 1]):
             if nbr[k] > i:
                 count += 1
-    pi = np.empty(count, np.int32)
-    pj = np.empty(count, np.int32)
+    pi = np.empty(count, np.uint32)
+    pj = np.empty(count, np.uint32)
     hx = np.empty(count, np.int32)
     hy = np.empty(count, np.int32)
     q = 0
@@ -361,8 +362,9 @@ def hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces):
     without branches or division checks (error_model="numpy"; pairs apart
     get h = 0), which vectorises, square roots and division included
     (they bound a scalar pair loop), then the forces scattered in pair
-    order. Serial, the sums in a fixed order. Per-particle energies:
-    hertz_virial.
+    order. Serial, the sums in a fixed order. Indices are used as unsigned
+    integers (numba then drops its negative-index wraparound: x 1.2). Per-particle
+    energies: hertz_virial.
     """
     xy = tilt * Ly
     nb = HERTZ_BATCH
@@ -377,8 +379,8 @@ def hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces):
     for b in range(0, m, nb):
         c = min(nb, m - b)
         for q in range(c):
-            i = pi[b + q]
-            j = pj[b + q]
+            i = np.uint64(pi[b + q])  # unsigned: no negative-index wraparound code
+            j = np.uint64(pj[b + q])
             dx[q] = pos[j, 0] - pos[i, 0] + hx[b + q] * Lx + hy[b + q] * xy
             dy[q] = pos[j, 1] - pos[i, 1] + hy[b + q] * Ly
             s[q] = rad[i] + rad[j]
@@ -390,8 +392,8 @@ def hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces):
             u[q] = h * h * sh
             fr[q] = 2.5 * h * sh * t  # -u'(r)/r
         for q in range(c):
-            i = pi[b + q]
-            j = pj[b + q]
+            i = np.uint64(pi[b + q])
+            j = np.uint64(pj[b + q])
             fx = fr[q] * dx[q]
             fy = fr[q] * dy[q]
             forces[i, 0] -= fx
