@@ -319,11 +319,13 @@ def build_neighbour_list(pos, rad, Lx, Ly, tilt, skin):
 # --------------------------------------------------------------------------
 
 @njit(cache=True)
-def half_pairs(offsets, nbr, imx, imy):
-    """The pairs i < j of a full list (build_neighbour_list) as flat arrays
-    (M/2,) in list order: particle indices pi, pj uint32 (unsigned: the
-    force kernel's gathers then need no negative-index wraparound), image
-    shifts hx, hy int32, r_ij = x_j - x_i + hx a1 + hy a2."""
+def half_pairs(offsets, nbr, imx, imy, rad):
+    """The pairs i < j of a full list (build_neighbour_list, radii rad (N,))
+    as flat arrays (M/2,) in list order: particle indices pi, pj uint32
+    (unsigned: the force kernel's gathers then need no negative-index
+    wraparound), image shifts hx, hy int32, r_ij = x_j - x_i + hx a1 + hy a2,
+    and contact distances sr = rad_i + rad_j float64 (one gather less per
+    pair and force call)."""
     n = offsets.shape[0] - 1
     count = 0
     for i in range(n):
@@ -334,6 +336,7 @@ def half_pairs(offsets, nbr, imx, imy):
     pj = np.empty(count, np.uint32)
     hx = np.empty(count, np.int32)
     hy = np.empty(count, np.int32)
+    sr = np.empty(count)
     q = 0
     for i in range(n):
         for k in range(offsets[i], offsets[i + 1]):
@@ -342,8 +345,9 @@ def half_pairs(offsets, nbr, imx, imy):
                 pj[q] = nbr[k]
                 hx[q] = imx[k]
                 hy[q] = imy[k]
+                sr[q] = rad[i] + rad[nbr[k]]
                 q += 1
-    return pi, pj, hx, hy
+    return pi, pj, hx, hy, sr
 
 
 #: pairs per vectorised batch in hertz_forces (small work arrays: they live
@@ -352,9 +356,9 @@ HERTZ_BATCH = 256
 
 
 @njit(cache=True, error_model="numpy")
-def hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces):
+def hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces):
     """Forces (N, 2), in place, and the total energy (returned) from the
-    flat pair list (pi, pj, hx, hy) of half_pairs.
+    flat pair list (pi, pj, hx, hy, sr) of half_pairs.
 
     Each pair's force is added to both particles, so forces are exactly
     antisymmetric pair by pair. Batches of HERTZ_BATCH pairs: separations
@@ -370,7 +374,6 @@ def hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces):
     nb = HERTZ_BATCH
     dx = np.empty(nb)
     dy = np.empty(nb)
-    s = np.empty(nb)
     fr = np.empty(nb)
     u = np.empty(nb)
     forces[:, :] = 0.0
@@ -383,10 +386,9 @@ def hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces):
             j = np.uint64(pj[b + q])
             dx[q] = pos[j, 0] - pos[i, 0] + hx[b + q] * Lx + hy[b + q] * xy
             dy[q] = pos[j, 1] - pos[i, 1] + hy[b + q] * Ly
-            s[q] = rad[i] + rad[j]
         for q in range(c):  # vectorised
             r2 = dx[q] * dx[q] + dy[q] * dy[q]
-            t = 1.0 / (s[q] * math.sqrt(r2))  # 1 / (s r): the only division
+            t = 1.0 / (sr[b + q] * math.sqrt(r2))  # 1 / (s r): the only division
             h = max(1.0 - r2 * t, 0.0)  # 1 - r/s, 0 for pairs apart
             sh = math.sqrt(h)
             u[q] = h * h * sh
@@ -739,12 +741,12 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
     max|F|, energy, force evaluations, neighbour rebuilds).
     """
     n = pos.shape[0]
-    pi, pj, hx, hy = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin))
+    pi, pj, hx, hy, sr = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin), rad)
     ref = pos.copy()
     rebuilds = 1
     forces = np.zeros((n, 2))
     vel = np.zeros((n, 2))
-    energy = hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces)
+    energy = hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces)
     nfev = 1
     fmax = max_norm(forces)
     if fmax < ftol:
@@ -798,10 +800,10 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
             dy = pos[i, 1] - ref[i, 1]
             d2 = max(d2, dx * dx + dy * dy)
         if math.sqrt(d2) > 0.5 * skin:
-            pi, pj, hx, hy = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin))
+            pi, pj, hx, hy, sr = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin), rad)
             ref[:, :] = pos
             rebuilds += 1
-        energy = hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces)
+        energy = hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces)
         nfev += 1
         # max|F| and the power for the next iteration, in one pass
         f2 = 0.0
@@ -835,12 +837,12 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
     energy): status 0 converged, 1 reached stop_disp, 2 max_steps.
     """
     n = pos.shape[0]
-    pi, pj, hx, hy = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin))
+    pi, pj, hx, hy, sr = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin), rad)
     ref = pos.copy()
     forces = np.zeros((n, 2))
     trial_f = np.zeros((n, 2))
     trial = np.empty((n, 2))
-    energy = hertz_forces(pos, rad, Lx, Ly, tilt, pi, pj, hx, hy, forces)
+    energy = hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces)
     fmax = max_norm(forces)
     accepted = 0
     rejected = 0
@@ -853,9 +855,9 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
             trial[i, 0] = pos[i, 0] + dt * forces[i, 0]
             trial[i, 1] = pos[i, 1] + dt * forces[i, 1]
         if max_displacement(trial, ref) > 0.5 * skin:
-            pi, pj, hx, hy = half_pairs(*build_neighbour_list(trial, rad, Lx, Ly, tilt, skin))
+            pi, pj, hx, hy, sr = half_pairs(*build_neighbour_list(trial, rad, Lx, Ly, tilt, skin), rad)
             ref[:, :] = trial
-        e_trial = hertz_forces(trial, rad, Lx, Ly, tilt, pi, pj, hx, hy, trial_f)
+        e_trial = hertz_forces(trial, Lx, Ly, tilt, pi, pj, hx, hy, sr, trial_f)
         ff = 0.0
         dd = 0.0
         f2 = 0.0

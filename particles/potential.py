@@ -23,7 +23,9 @@ class NeighbourList:
     it was built for and whose particles moved by d_i = x_i - A x_i(ref)
     while sigma_min(A) (s + SKIN) - 2 max|d_i| >= s for the largest pair
     contact distance s: then no pair closer than contact can be missing.
-    A box remap (tilt through +-1/2) always rebuilds.
+    A box remap (tilt through +-1/2) always rebuilds. A list belongs to one
+    system: its cutoffs and the contact distances in ``pairs`` are those of
+    the radii it was built with.
     """
 
     def __init__(self):
@@ -44,7 +46,7 @@ class NeighbourList:
         if self.arrays is None or self._needs_rebuild(state):
             self.arrays = kernels.build_neighbour_list(
                 state.pos, state.radii, state.Lx, state.Ly, state.tilt, SKIN)
-            self.pairs = kernels.half_pairs(*self.arrays)
+            self.pairs = kernels.half_pairs(*self.arrays, state.radii)
             self._ref_pos = state.pos.copy()
             self._ref_box = (state.Lx, state.Ly, state.tilt)
             self._ref_h_inv = np.linalg.inv(state.box_matrix)
@@ -109,7 +111,7 @@ def evaluate(state: State, nlist: NeighbourList | None = None) -> Evaluation:
     epart = np.empty(state.n)
     virial = np.empty((state.n, 2, 2))
     box = (state.pos, state.radii, state.Lx, state.Ly, state.tilt)
-    energy = kernels.hertz_forces(*box, *nlist.pairs, forces)
+    energy = kernels.hertz_forces(state.pos, state.Lx, state.Ly, state.tilt, *nlist.pairs, forces)
     stress = kernels.hertz_virial(*box, offsets, nbr, imx, imy, virial, epart) / state.volume
     return Evaluation(energy, forces, epart, virial, stress, -0.5 * float(np.trace(stress)))
 
@@ -119,8 +121,7 @@ def forces(state: State, nlist: NeighbourList | None = None) -> tuple[float, np.
     nlist = nlist or NeighbourList()
     nlist.update(state)
     out = np.empty((state.n, 2))
-    energy = kernels.hertz_forces(state.pos, state.radii, state.Lx, state.Ly, state.tilt,
-                                  *nlist.pairs, out)
+    energy = kernels.hertz_forces(state.pos, state.Lx, state.Ly, state.tilt, *nlist.pairs, out)
     return energy, out
 
 
