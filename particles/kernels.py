@@ -21,8 +21,9 @@ Conventions (SPEC.md section 0):
 
 Every reduction over particles is either a per-particle loop (parallel,
 each particle summing its own neighbours in list order) or a serial loop
-(the force kernel, which visits each pair once), so results are bit-for-bit
-independent of the thread count.
+(the force kernel, which visits each pair once; long pair lists in two
+halves cut by pair count, one per thread, then added), so results are
+bit-for-bit independent of the thread count.
 """
 
 import math
@@ -350,15 +351,20 @@ def half_pairs(offsets, nbr, imx, imy, rad):
     return pi, pj, hx, hy, sr
 
 
-#: pairs per vectorised batch in hertz_forces (small work arrays: they live
+#: pairs per vectorised batch in _hertz_pairs (small work arrays: they live
 #: on the heap, never in fresh mmapped pages)
 HERTZ_BATCH = 256
 
+#: pair lists at least this long are cut into two fixed halves in
+#: hertz_forces, one per thread (below it the second thread does not pay)
+PAIR_SPLIT = 50_000
+
 
 @njit(cache=True, error_model="numpy")
-def hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces):
-    """Forces (N, 2), in place, and the total energy (returned) from the
-    flat pair list (pi, pj, hx, hy, sr) of half_pairs.
+def _hertz_pairs(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, lo, hi, forces):
+    """Forces (N, 2) of the pairs lo <= q < hi of the flat list (pi, pj, hx,
+    hy, sr) of half_pairs, into ``forces`` (zeroed first); returns their
+    energy.
 
     Each pair's force is added to both particles, so forces are exactly
     antisymmetric pair by pair. Batches of HERTZ_BATCH pairs: separations
@@ -367,8 +373,7 @@ def hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces):
     get h = 0), which vectorises, square roots and division included
     (they bound a scalar pair loop), then the forces scattered in pair
     order. Serial, the sums in a fixed order. Indices are used as unsigned
-    integers (numba then drops its negative-index wraparound: x 1.2). Per-particle
-    energies: hertz_virial.
+    integers (numba then drops its negative-index wraparound: x 1.2).
     """
     xy = tilt * Ly
     nb = HERTZ_BATCH
@@ -378,9 +383,8 @@ def hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces):
     u = np.empty(nb)
     forces[:, :] = 0.0
     etot = 0.0
-    m = pi.shape[0]
-    for b in range(0, m, nb):
-        c = min(nb, m - b)
+    for b in range(lo, hi, nb):
+        c = min(nb, hi - b)
         for q in range(c):
             i = np.uint64(pi[b + q])  # unsigned: no negative-index wraparound code
             j = np.uint64(pj[b + q])
@@ -404,6 +408,42 @@ def hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces):
             forces[j, 1] += fy
             etot += u[q]
     return etot
+
+
+@njit(inline="always")
+def _hertz_split(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces, work):
+    """hertz_forces' body, inlined into each parallel caller (so that no
+    cached kernel calls another's parallel region; tests/test_numba_cache.py)."""
+    m = pi.shape[0]
+    if m < PAIR_SPLIT:
+        return _hertz_pairs(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, 0, m, forces)
+    half = m // 2
+    e = np.zeros(2)
+    for b in prange(2):
+        if b == 0:
+            e[0] = _hertz_pairs(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, 0, half, forces)
+        else:
+            e[1] = _hertz_pairs(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, half, m, work)
+    for i in prange(pos.shape[0]):
+        forces[i, 0] += work[i, 0]
+        forces[i, 1] += work[i, 1]
+    return e[0] + e[1]
+
+
+@njit(cache=True, parallel=True)
+def hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces, work):
+    """Forces (N, 2), in place, and the total energy (returned) from the
+    flat pair list (pi, pj, hx, hy, sr) of half_pairs; ``work`` (N, 2) is
+    scratch.
+
+    A list of fewer than PAIR_SPLIT pairs is one serial pass
+    (_hertz_pairs). A longer one is cut into two fixed halves (by pair
+    count, not by thread count), each scattered by one thread into its own
+    array (``forces``, ``work``), then added: forces = F(first half) +
+    F(second half), energy likewise. The bits are those of any thread
+    count. Per-particle energies: hertz_virial.
+    """
+    return _hertz_split(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces, work)
 
 
 @njit(cache=True, parallel=True)
@@ -731,7 +771,7 @@ def single_contact_moves(pos, rad, Lx, Ly, tilt, offsets, nbr, imx, imy, mask, g
 # Minimisers with the neighbour list maintained inside the loop
 # --------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
               n_delay, f_inc, f_dec, alpha0, f_alpha, n_neg_max):
     """FIRE 2.0 (Guenole et al., Comput. Mater. Sci. 175, 109584 (2020)) with
@@ -745,8 +785,9 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
     ref = pos.copy()
     rebuilds = 1
     forces = np.zeros((n, 2))
+    work = np.empty((n, 2))
     vel = np.zeros((n, 2))
-    energy = hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces)
+    energy = _hertz_split(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces, work)
     nfev = 1
     fmax = max_norm(forces)
     if fmax < ftol:
@@ -803,7 +844,7 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
             pi, pj, hx, hy, sr = half_pairs(*build_neighbour_list(pos, rad, Lx, Ly, tilt, skin), rad)
             ref[:, :] = pos
             rebuilds += 1
-        energy = hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces)
+        energy = _hertz_split(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces, work)
         nfev += 1
         # max|F| and the power for the next iteration, in one pass
         f2 = 0.0
@@ -818,7 +859,7 @@ def fire_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_iter, dt0, dtmax, dtmin,
     return it, converged, fmax, energy, nfev, rebuilds
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
             grow, shrink, stop_disp, start):
     """Overdamped steepest descent dx/dt = F with an adaptive step, in place.
@@ -842,7 +883,8 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
     forces = np.zeros((n, 2))
     trial_f = np.zeros((n, 2))
     trial = np.empty((n, 2))
-    energy = hertz_forces(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces)
+    work = np.empty((n, 2))
+    energy = _hertz_split(pos, Lx, Ly, tilt, pi, pj, hx, hy, sr, forces, work)
     fmax = max_norm(forces)
     accepted = 0
     rejected = 0
@@ -857,7 +899,7 @@ def sd_loop(pos, rad, Lx, Ly, tilt, skin, ftol, max_steps, dt, dt_max, eta,
         if max_displacement(trial, ref) > 0.5 * skin:
             pi, pj, hx, hy, sr = half_pairs(*build_neighbour_list(trial, rad, Lx, Ly, tilt, skin), rad)
             ref[:, :] = trial
-        e_trial = hertz_forces(trial, Lx, Ly, tilt, pi, pj, hx, hy, sr, trial_f)
+        e_trial = _hertz_split(trial, Lx, Ly, tilt, pi, pj, hx, hy, sr, trial_f, work)
         ff = 0.0
         dd = 0.0
         f2 = 0.0

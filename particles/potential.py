@@ -111,7 +111,8 @@ def evaluate(state: State, nlist: NeighbourList | None = None) -> Evaluation:
     epart = np.empty(state.n)
     virial = np.empty((state.n, 2, 2))
     box = (state.pos, state.radii, state.Lx, state.Ly, state.tilt)
-    energy = kernels.hertz_forces(state.pos, state.Lx, state.Ly, state.tilt, *nlist.pairs, forces)
+    energy = kernels.hertz_forces(state.pos, state.Lx, state.Ly, state.tilt, *nlist.pairs, forces,
+                                  np.empty_like(forces))
     stress = kernels.hertz_virial(*box, offsets, nbr, imx, imy, virial, epart) / state.volume
     return Evaluation(energy, forces, epart, virial, stress, -0.5 * float(np.trace(stress)))
 
@@ -121,7 +122,8 @@ def forces(state: State, nlist: NeighbourList | None = None) -> tuple[float, np.
     nlist = nlist or NeighbourList()
     nlist.update(state)
     out = np.empty((state.n, 2))
-    energy = kernels.hertz_forces(state.pos, state.Lx, state.Ly, state.tilt, *nlist.pairs, out)
+    energy = kernels.hertz_forces(state.pos, state.Lx, state.Ly, state.tilt, *nlist.pairs, out,
+                                  np.empty_like(out))
     return energy, out
 
 

@@ -57,6 +57,39 @@ def test_forces_are_minus_energy_gradient(gamma):
             assert fd == pytest.approx(ev.forces[i, a], abs=FD_ATOL)
 
 
+def test_long_pair_lists_split_into_halves_give_the_same_forces_at_any_thread_count():
+    """A pair list of at least PAIR_SPLIT pairs is scattered in two halves
+    (one per thread) and added: the forces and energy are bit for bit the
+    same on 1 and 2 threads, and equal the single serial pass up to the
+    order of the sums (round-off: 1e-13 of the largest force)."""
+    import numba
+    state = random_state(20000, 0.9, seed=4)
+    nl = NeighbourList()
+    nl.update(state)
+    pi, pj, hx, hy, sr = nl.pairs
+    assert pi.size >= kernels.PAIR_SPLIT
+    box = (state.pos, state.Lx, state.Ly, state.tilt)
+    runs = []
+    old = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            F = np.empty((state.n, 2))
+            runs.append((kernels.hertz_forces(*box, *nl.pairs, F, np.empty_like(F)), F))
+    finally:
+        numba.set_num_threads(old)
+    (e1, F1), (e2, F2) = runs
+    assert e1 == e2 and np.array_equal(F1, F2)
+    ref = np.empty((state.n, 2))
+    e_ref = kernels._hertz_pairs(*box, *nl.pairs, 0, pi.size, ref)
+    scale = np.abs(ref).max()
+    assert scale > 0
+    np.testing.assert_allclose(F1, ref, rtol=0, atol=1e-13 * scale)
+    assert e1 == pytest.approx(e_ref, rel=1e-13)
+    # Newton's third law pair by pair: the total force vanishes to round-off
+    assert np.abs(F1.sum(axis=0)).max() < 1e-11 * scale
+
+
 def test_boundary_pairs_are_present():
     """The FD test above really covers pairs across the periodic boundary."""
     state = _with_gamma(random_state(64, 0.9, seed=1), 1.62)
