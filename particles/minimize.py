@@ -10,9 +10,9 @@ kept in a :class:`NewtonSolver`
 (reused across iterations and across strain steps while it still converges
 fast), falls back to FIRE down to ``newton_switch`` and then Newton; where
 that Newton stalls, FIRE goes on to a 100 times smaller tolerance
-(``FIRE_LADDER``) and Newton is tried again, down to ``ftol``. Every step is safeguarded so that it never
-goes uphill; an indefinite Hessian (a step that is not a descent
-direction) makes Newton hand over.
+(``FIRE_LADDER``) and Newton is tried again, down to ``ftol``. Every step
+is safeguarded so that it never goes uphill; an indefinite Hessian (a step
+that is not a descent direction) makes Newton hand over.
 """
 
 from dataclasses import dataclass, field
