@@ -32,6 +32,7 @@ class NeighbourList:
         self.rebuilds = 0
         self.arrays = None
         self.pairs = None  # kernels.half_pairs of arrays
+        self.work = None  # (N, 2) scratch of kernels.hertz_forces
         self._ref_pos = None
         self._ref_box = None
         self._ref_h_inv = None
@@ -42,11 +43,14 @@ class NeighbourList:
 
     def update(self, state: State) -> tuple:
         """Return (offsets, nbr, imx, imy) valid for ``state``, rebuilding if
-        needed; ``self.pairs`` is then its flat list of pairs i < j."""
+        needed; ``self.pairs`` is then its flat list of pairs i < j, and
+        ``self.work`` the force kernel's scratch array."""
         if self.arrays is None or self._needs_rebuild(state):
             self.arrays = kernels.build_neighbour_list(
                 state.pos, state.radii, state.Lx, state.Ly, state.tilt, SKIN)
             self.pairs = kernels.half_pairs(*self.arrays, state.radii)
+            if self.work is None or self.work.shape != state.pos.shape:
+                self.work = np.empty_like(state.pos)
             self._ref_pos = state.pos.copy()
             self._ref_box = (state.Lx, state.Ly, state.tilt)
             self._ref_h_inv = np.linalg.inv(state.box_matrix)
@@ -110,10 +114,10 @@ def evaluate(state: State, nlist: NeighbourList | None = None) -> Evaluation:
     forces = np.empty((state.n, 2))
     epart = np.empty(state.n)
     virial = np.empty((state.n, 2, 2))
-    box = (state.pos, state.radii, state.Lx, state.Ly, state.tilt)
     energy = kernels.hertz_forces(state.pos, state.Lx, state.Ly, state.tilt, *nlist.pairs, forces,
-                                  np.empty_like(forces))
-    stress = kernels.hertz_virial(*box, offsets, nbr, imx, imy, virial, epart) / state.volume
+                                  nlist.work)
+    stress = kernels.hertz_virial(state.pos, state.radii, state.Lx, state.Ly, state.tilt,
+                                  offsets, nbr, imx, imy, virial, epart) / state.volume
     return Evaluation(energy, forces, epart, virial, stress, -0.5 * float(np.trace(stress)))
 
 
@@ -123,7 +127,7 @@ def forces(state: State, nlist: NeighbourList | None = None) -> tuple[float, np.
     nlist.update(state)
     out = np.empty((state.n, 2))
     energy = kernels.hertz_forces(state.pos, state.Lx, state.Ly, state.tilt, *nlist.pairs, out,
-                                  np.empty_like(out))
+                                  nlist.work)
     return energy, out
 
 
