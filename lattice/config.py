@@ -34,6 +34,10 @@ class GridConfig:
     count). realspace_max_sources: frames with at most this many rearranging
     sites add real-space kernels; more use whole-field transforms (null: the
     break-even measured for L, lattice.model.default_realspace_max_sources).
+    transient_budget: the volumetric transient is added in real space, on
+    windows around its sources, while their areas sum to at most this many
+    sites (null: 4 L^2, lattice.model.default_transient_budget); beyond,
+    by the Fourier recursion until it relaxes.
     fft_planner: "estimate" (deterministic FFTW plans: every fresh run of a
     config gives the same bits) or "measure" (faster transforms; the plans
     are stored in the run file and a resume re-creates them, but two fresh
@@ -43,6 +47,7 @@ class GridConfig:
     L: int = 64
     threads: int = 1
     realspace_max_sources: Optional[int] = None
+    transient_budget: Optional[int] = None
     fft_planner: str = "estimate"
 
     def __post_init__(self):
@@ -50,6 +55,8 @@ class GridConfig:
         check_range("lattice.threads", self.threads, lo=1, hi=256)
         if self.realspace_max_sources is not None:
             check_range("lattice.realspace_max_sources", self.realspace_max_sources, lo=0, hi=10**9)
+        if self.transient_budget is not None:
+            check_range("lattice.transient_budget", self.transient_budget, lo=0, hi=10**15)
         check_choice("lattice.fft_planner", self.fft_planner, set(PLANNERS))
 
 

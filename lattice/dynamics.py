@@ -30,6 +30,11 @@ Conventions (the caller, ``model.py``, owns the arrays):
   5, 6: the site-averaged softness kernels c0, c1 per frame of
   rearrangement.
 - Increment fields ``inc[5, L, L]``: dk, de1, de2, sum of c0, sum of c1.
+- Transient windows (the volumetric transient in real space; the tables
+  are ``model.WindowTable``): plane a covers the offsets lo[a] ..
+  lo[a] + width[a] - 1 from its source along both axes, width[a]^2 values
+  from planes[off[a]], row by row, and has the uniform value uni[a]
+  everywhere else (the window holds the plane minus uni[a]).
 
 All loops are serial and in a fixed order: results are bit-for-bit the same
 for the same inputs, independent of the thread count.
@@ -239,24 +244,40 @@ def source_spectrum(src, amp, ex, ey, out):
                 out[i, k] += px * ey[sy, k]
 
 
+@njit(cache=True, inline="always")
+def _add_window_row(w0, planes, base, w, c0, amp):
+    """w0[(c0 + c) % L2] += amp * planes[base + c] for c < w (c0 < L2, w <= L2):
+    one window row, split where it wraps past the row end."""
+    n1 = min(w, w0.size - c0)
+    for c in range(n1):
+        w0[c0 + c] += amp * planes[base + c]
+    for c in range(n1, w):
+        w0[c - n1] += amp * planes[base + c]
+
+
 @njit(cache=True)
-def shifted_sum(planes, idx, src, w, out):
-    """out[r] = w * sum_j planes[idx[j], r - r_j] (periodic offsets; src flat
-    site indices, planes (n, L, L)); overwrites out (L, L). Sources in
-    order, rows contiguous; unsigned indices (see _add_segment)."""
+def window_sum(src, idx, lo, width, off, planes, uni, amp, out):
+    """out = amp * sum_j (uni[idx[j]] + window idx[j] centred on src[j]):
+    the real-space transient of the sources at the flat sites ``src``, each
+    with the windowed table plane ``idx[j]`` (< 0: the source adds nothing).
+    Tables lo, width, off, planes, uni as in the module docstring
+    ("transient windows"). Overwrites out (L1, L2): first the uniform sum,
+    then the windows source by source."""
     L1, L2 = out.shape
-    out[:] = 0.0
+    tot = 0.0
     for j in range(src.size):
-        sx, sy, p = src[j] // L2, src[j] % L2, idx[j]
-        for ix in range(L1):
-            dx = ix - sx
-            if dx < 0:
-                dx += L1
-            dxu = np.uintp(dx)
-            for iy in range(sy, L2):
-                out[ix, iy] += w * planes[p, dxu, np.uintp(iy - sy)]
-            for iy in range(sy):
-                out[ix, iy] += w * planes[p, dxu, np.uintp(iy - sy + L2)]
+        if idx[j] >= 0:
+            tot += uni[idx[j]]
+    out[:] = amp * tot
+    for j in range(src.size):
+        a = idx[j]
+        if a < 0:
+            continue
+        w = width[a]
+        sx, sy = src[j] // L2, src[j] % L2
+        c0 = (sy + lo[a]) % L2
+        for t in range(w):
+            _add_window_row(out[(sx + lo[a] + t) % L1], planes, off[a] + t * w, w, c0, amp)
 
 
 @njit(cache=True)
@@ -396,6 +417,7 @@ def _add_segment(row, G, dx, iy0, iy1, off, a, bb, nc):
 @njit(cache=True)
 def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
                use_rs, src, sdp1, sdp2, G, inc, use_dkt, dkt,
+               tsrc, tage, tlo, tw, toff, tplanes, tuni, tamp,
                smean, b, self_frame, soft_on, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode,
                done, over):
     """Add one frame's increments to every site and find what happens next.
@@ -406,7 +428,10 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
     docstring's table, planes 5, 6 only read if G has them and soft_on),
     one lattice row at a time into a row buffer (contiguous, vectorised
     adds), plus the transient dkt[ix, iy] (use_dkt), or read from inc[0..4]
-    (the transform path, transient included).
+    (the transform path, a Fourier transient included). A transient kept
+    in real space comes as its sources instead (flat sites tsrc, ages
+    tage): source j adds tamp times window plane tage[j] (tables tlo, tw,
+    toff, tplanes, tuni as in ``window_sum``) to dk, on either path.
 
     Every site: k, e1, e2 += (dk, de1, de2); if soft_on,
     S += C0 + C1 (S - smean) + b dk (smean: the lattice mean S before the
@@ -430,6 +455,31 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
     flag = np.zeros(L2, dtype=np.uint8)
     nd, no = 0, 0
     t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
+    # the transient's windows, listed by lattice row (CSR: entries ptr[ix]
+    # to ptr[ix + 1] - 1 are (source, window row) pairs), and its uniform part
+    nt = tsrc.size
+    ptr = np.zeros(L1 + 1, dtype=np.int64)
+    ush = 0.0
+    for j in range(nt):
+        a = tage[j]
+        ush += tuni[a]
+        r0 = tsrc[j] // L2 + tlo[a]
+        for t in range(tw[a]):
+            ptr[(r0 + t) % L1 + 1] += 1
+    ush *= tamp
+    for ix in range(L1):
+        ptr[ix + 1] += ptr[ix]
+    fill = ptr[:L1].copy()
+    ent_j = np.empty(ptr[L1], dtype=np.int64)
+    ent_t = np.empty(ptr[L1], dtype=np.int64)
+    for j in range(nt):
+        a = tage[j]
+        r0 = tsrc[j] // L2 + tlo[a]
+        for t in range(tw[a]):
+            r = (r0 + t) % L1
+            ent_j[fill[r]] = j
+            ent_t[fill[r]] = t
+            fill[r] += 1
     for ix in range(L1):
         if use_rs:
             row[:] = 0.0
@@ -446,10 +496,15 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
             w0, w1, w2, w3, w4 = row[0], row[1], row[2], row[3], row[4]
         else:
             w0, w1, w2, w3, w4 = inc[0, ix], inc[1, ix], inc[2, ix], inc[3, ix], inc[4, ix]
+        for e in range(ptr[ix], ptr[ix + 1]):
+            j = ent_j[e]
+            a = tage[j]
+            w = tw[a]
+            _add_window_row(w0, tplanes, toff[a] + ent_t[e] * w, w, (tsrc[j] % L2 + tlo[a]) % L2, tamp)
         ke, e1r, e2r, sr_, r1r, r2r = k[ix], e1[ix], e2[ix], s[ix], r1[ix], r2[ix]
         yrr, srr, br = yref[ix], sref[ix], busy[ix]
         for iy in range(L2):
-            dk = w0[iy]
+            dk = w0[iy] + ush
             ke[iy] += dk
             x1 = e1r[iy] + w1[iy]
             x2 = e2r[iy] + w2[iy]

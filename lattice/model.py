@@ -335,6 +335,92 @@ def default_realspace_max_sources(L):
     return max(4, int(round(5.0 + 5.4 * np.log2(L / 64.0))))
 
 
+#: the real-space transient drops window tails below this fraction of the
+#: largest value a unit source's field can take, (1 + nu)/4 (all of its
+#: volume on one site): the round-off of the field itself
+TRANSIENT_TOL = 2.0 ** -52
+#: at most this many ages, and table planes of at most this many values in
+#: all (16 MB), are kept for the real-space transient
+TRANSIENT_MAX_AGES = 256
+TRANSIENT_TABLE_SITES = 2 ** 21
+
+
+def default_transient_budget(L):
+    """Window values (sum over the pending sources of the window areas) up
+    to which a frame adds the transient in real space rather than by the
+    Fourier recursion: 4 L^2 (benchmarks/README.md, "transient windows").
+    A function of L only, so the choice, and every bit of a run, follows
+    from the config."""
+    return 4 * L * L
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    """Real-space planes on square windows (``dynamics.window_sum``): plane
+    a covers the offsets lo[a] .. lo[a] + width[a] - 1 (sites) from the
+    source along both axes, as width[a]^2 values from planes[off[a]], row
+    by row, and has the uniform value uni[a] outside; the window holds the
+    plane minus uni[a]."""
+
+    lo: np.ndarray
+    width: np.ndarray
+    off: np.ndarray
+    planes: np.ndarray
+    uni: np.ndarray
+
+    @classmethod
+    def from_windows(cls, windows):
+        lo, width, vals, uni = zip(*windows)
+        width = np.array(width, dtype=np.int64)
+        off = np.concatenate([[0], np.cumsum(width * width)[:-1]]).astype(np.int64)
+        return cls(np.array(lo, dtype=np.int64), width, off, np.concatenate(vals), np.array(uni))
+
+
+def plane_window(field, tol):
+    """(lo, width, values, uniform) of a real (L, L) plane with its source
+    at site (0, 0): the uniform value u is the plane at the farthest site
+    (L/2, L/2); the window is the smallest square of offsets [-R, R]^2
+    outside which |plane - u| <= tol, or the whole lattice (offsets
+    -(L//2) .. L - L//2 - 1) if 2 R + 1 >= L; values = plane - u on the
+    window, row-major."""
+    L = field.shape[0]
+    u = field[L // 2, L // 2]
+    dev = np.abs(field - u)
+    d = np.minimum(np.arange(L), L - np.arange(L))
+    far = np.zeros(L // 2 + 1)
+    np.maximum.at(far, d, np.maximum(dev.max(axis=1), dev.max(axis=0)))
+    over = np.nonzero(far > tol)[0]
+    R = int(over[-1]) if over.size else 0
+    lo, w = (-(L // 2), L) if 2 * R + 1 >= L else (-R, 2 * R + 1)
+    idx = (lo + np.arange(w)) % L
+    return lo, w, (field - u)[np.ix_(idx, idx)].ravel(), u
+
+
+def transient_windows(K, par):
+    """Window tables of the transient of a unit compression source (A = 1)
+    in real space: D[m] = h(m + 1) - h(m), its change in the frame at age m
+    (whole frames since its start; h(0) = 0), and H[m] = h(m + 1), the
+    field after m + 1 frames, h = ``K.compression_hat`` transformed back,
+    for the ages m = 0 .. A - 1 that fit TRANSIENT_MAX_AGES and
+    TRANSIENT_TABLE_SITES; windows drop the tails below TRANSIENT_TOL
+    (1 + nu)/4 (``plane_window``). Returns (D, H) as WindowTable."""
+    L = K.L
+    tol = TRANSIENT_TOL * 0.25 * (1.0 + K.nu)
+    D, H = [], []
+    prev = np.zeros((L, L))
+    sites = 0
+    for m in range(TRANSIENT_MAX_AGES):
+        h = K.irfft2(K.compression_hat(float(m + 1), 1.0, par.comp_t, par.comp_w, par.D))
+        wd, wh = plane_window(h - prev, tol), plane_window(h, tol)
+        sites += wd[1] ** 2 + wh[1] ** 2
+        if m > 0 and sites > TRANSIENT_TABLE_SITES:
+            break
+        D.append(wd)
+        H.append(wh)
+        prev = h
+    return WindowTable.from_windows(D), WindowTable.from_windows(H)
+
+
 class AvalancheTooLong(RuntimeError):
     """An avalanche ran past the frame limit (a runaway: check the calibration)."""
 
@@ -350,10 +436,13 @@ class STEPModel:
     seed : int, the numpy PCG64 seed of the initial S, the yield quantiles u.
     threads : FFTW threads (results are reproducible for a fixed count).
     realspace_max_sources : a frame with at most this many rearranging
-        sites adds real-space kernels; more use whole-field transforms. The
-        volumetric transient is added in real space too while it has at
-        most this many sources, all younger than M frames (docs/model.md).
+        sites adds real-space kernels; more use whole-field transforms.
         None: ``default_realspace_max_sources(L)``.
+    transient_budget : the volumetric transient is added in real space, on
+        windows around its sources, while their window areas sum to at most
+        this many values and all are younger than the window tables
+        (``transient_windows``); then by the Fourier recursion until it
+        relaxes (docs/model.md). None: ``default_transient_budget(L)``.
     max_frames : frame limit of one avalanche (AvalancheTooLong beyond).
     snapshots : keep the maps of the largest avalanche (copies 4 fields
         per avalanche).
@@ -368,7 +457,7 @@ class STEPModel:
 
     def __init__(self, L, calibration, options=ModelOptions(), seed=0, threads=1,
                  realspace_max_sources=None, max_frames=1_000_000, snapshots=True,
-                 fft_planner="estimate", fft_wisdom=None):
+                 fft_planner="estimate", fft_wisdom=None, transient_budget=None):
         L = int(L)
         if L < 8:
             raise ValueError(f"L must be >= 8, got {L}")
@@ -428,17 +517,19 @@ class STEPModel:
             self.J[0] = hk[1]
             for m in range(1, self.M):
                 self.J[m] = hk[m + 1] - self.decay * hk[m]
-            self._hk = np.array(hk)
             self._ring = np.zeros((self.M, L, h), dtype=complex)
             self._slot_used = np.zeros(self.M, dtype=bool)
             n = np.arange(L)
             self._ex = np.exp(-1j * np.outer(n, K.qx[:, 0]))
             self._ey = np.exp(-1j * np.outer(n, K.qy[0, :]))
-            # the same transient in real space, per source of age m (whole frames
-            # since its start; unit amplitude at site 0): its change in the frame,
-            # Dt[m] = h(m + 1) - h(m) (h(0) = 0), and the field itself, Ht[m - 1] = h(m)
-            self._Dt = np.stack([K.irfft2(hk[1])] + [K.irfft2(hk[m + 1] - hk[m]) for m in range(1, self.M)])
-            self._Ht = np.stack([K.irfft2(hk[m]) for m in range(1, self.M + 1)])
+            # the same transient in real space, on windows around the sources
+            self._tD, self._tH = transient_windows(K, p)
+        else:
+            self._tD = self._tH = WindowTable.from_windows([(0, 0, np.zeros(0), 0.0)])
+        self._tarea = self._tD.width ** 2
+        self._none = np.zeros(0, dtype=np.int64)
+        self.transient_budget = (default_transient_budget(L) if transient_budget is None
+                                 else int(transient_budget))
         self._Kt = np.zeros((L, h), dtype=complex)
         self._dkt = _aligned_zeros((L, h), complex)
         self._dkt_real = _aligned_zeros((L, L), float)
@@ -662,14 +753,19 @@ class STEPModel:
         ix, iy = active // L, active % L
         dp1, dp2 = self.dp1[ix, iy], self.dp2[ix, iy]
         use_rs = active.size <= self.realspace_max_sources
-        use_dkt = self.opt.volumetric and self._transient_live
+        use_dkt = False
         dkt_real = self._inc[0]
-        if use_dkt:
+        tsrc, tage = self._none, self._none
+        if self.opt.volumetric and self._transient_live:
             f = self.frame
-            if not self._tfourier and (not use_rs or self._tsites.size > self.realspace_max_sources
-                                       or f - self._tstart.min() >= self.M):
-                self._to_fourier()
+            if not self._tfourier:
+                ages = f - self._tstart
+                if ages.max() >= self._tD.lo.size or self._tarea[ages].sum() > self.transient_budget:
+                    self._to_fourier()
+                else:
+                    tsrc, tage = self._tsites, ages
             if self._tfourier:
+                use_dkt = True
                 slots = (f - np.arange(self.M)) % self.M
                 age_slot = np.where(self._slot_used[slots], slots, -1)
                 dyn.transient_step(self._Kt.view(np.float64), self.decay, self.J, self._ring.view(np.float64),
@@ -677,9 +773,6 @@ class STEPModel:
                 if use_rs:
                     self._dkt_inv()
                     dkt_real = self._dkt_real
-            else:
-                dyn.shifted_sum(self._Dt, f - self._tstart, self._tsites, p.comp_amp, self._dkt_real)
-                dkt_real = self._dkt_real
         soft = self.opt.softness
         if self._smean is None:
             self._smean = dyn.field_stats(self.S)[0] if soft else 0.0
@@ -693,9 +786,11 @@ class STEPModel:
                                   soft, self._spec)
             for c in range(5 if soft else 3):  # without softness inc[3], inc[4] stay 0
                 self._inv[c]()
+        td = self._tD
         nd, no, ssum = dyn.frame_pass(
             self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.busy, self.dp1, self.dp2,
             use_rs, active, dp1, dp2, self.G, self._inc, use_dkt, dkt_real,
+            tsrc, tage, td.lo, td.width, td.off, td.planes, td.uni, p.comp_amp,
             self._smean, p.b, p.self_frame, soft, self.ytab, self._s0, self._sinv, self._u0,
             self._uinv, self._yref, self._sref, self._lip, self.mode, self._done, self._over)
         self._smean = ssum / (L * L) if soft else 0.0
@@ -708,8 +803,7 @@ class STEPModel:
         if self._tfourier:
             kt = self.K.irfft2(self._Kt)
         else:
-            kt = self._dkt_real
-            dyn.shifted_sum(self._Ht, self.frame - self._tstart - 1, self._tsites, self.par.comp_amp, kt)
+            kt = self._transient_field()
         no = dyn.relax_and_check(self.k, self.S, kt, self.par.b, self.opt.softness, self.e1, self.e2,
                                  self.r1, self.r2, self.u, self.busy, self.ytab, self._s0, self._sinv,
                                  self._u0, self._uinv, self._yref, self._sref, self._lip,
@@ -729,21 +823,27 @@ class STEPModel:
         self._tfourier = False
         self._transient_live = False
 
+    def _transient_field(self):
+        """The pending transient's k field in real space, A sum_j h(m_j)(r - r_j)
+        (m_j whole frames since source j started; h(0) = 0), from the window
+        tables H, into the scratch self._dkt_real."""
+        H = self._tH
+        dyn.window_sum(self._tsites, self.frame - self._tstart - 1, H.lo, H.width, H.off, H.planes, H.uni,
+                       self.par.comp_amp, self._dkt_real)
+        return self._dkt_real
+
     def _to_fourier(self):
-        """Switch the pending transient from real-space adds (few young
-        sources) to the Fourier recursion: K_t = sum over sources of
-        A exp(-i q.r) h(age) (age = whole frames since the start, h(0) = 0),
-        and the source spectra of the ages < M in their ring slots."""
+        """Switch the pending transient from real-space windows to the Fourier
+        recursion: K_t = the transform of the field so far (its q = 0 mode
+        zero, volume conservation), and the source spectra of the ages < M
+        in their ring slots."""
         f, M = self.frame, self.M
-        self._Kt[:] = 0.0
+        self._Kt[:] = self.K.rfft2(self._transient_field())
+        self._Kt[0, 0] = 0.0
         self._slot_used[:] = False
-        spec = np.empty_like(self._Kt)
-        for start in np.unique(self._tstart):
-            age = f - start
-            out = self._ring[start % M] if age < M else spec
-            dyn.source_spectrum(self._tsites[self._tstart == start], self.par.comp_amp, self._ex, self._ey, out)
-            if age >= 1:
-                self._Kt += self._hk[age] * out
-            if age < M:
-                self._slot_used[start % M] = True
+        for start in np.unique(self._tstart[f - self._tstart < M]):
+            slot = start % M
+            dyn.source_spectrum(self._tsites[self._tstart == start], self.par.comp_amp, self._ex, self._ey,
+                                self._ring[slot])
+            self._slot_used[slot] = True
         self._tfourier = True

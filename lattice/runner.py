@@ -29,6 +29,7 @@ def build_model(cfg: LatticeConfig, fft_wisdom: bytes | None = None) -> STEPMode
     return STEPModel(cfg.lattice.L, load_calibration(cfg.calibration), opts, seed=cfg.seed,
                      threads=cfg.lattice.threads,
                      realspace_max_sources=cfg.lattice.realspace_max_sources,
+                     transient_budget=cfg.lattice.transient_budget,
                      max_frames=cfg.run.max_frames, snapshots=cfg.output.snapshots,
                      fft_planner=cfg.lattice.fft_planner, fft_wisdom=fft_wisdom)
 

@@ -52,6 +52,7 @@ def test_default_config_and_output_dir_follow_from_config():
     ("lattice.L=4", "lattice.L"),
     ("lattice.threads=0", "lattice.threads"),
     ("lattice.realspace_max_sources=-1", "lattice.realspace_max_sources"),
+    ("lattice.transient_budget=-1", "lattice.transient_budget"),
     ("lattice.fft_planner=patient", "lattice.fft_planner"),
     ("model.trigger=sxy", "model.trigger"),
     ("model.elastic=soft", "model.elastic"),
@@ -156,6 +157,7 @@ def test_measured_fft_plans_resume_to_the_uninterrupted_result(tmp_path):
     file keeps the FFTW plans as wisdom; a resume from a checkpoint
     re-creates them and ends with the uninterrupted run's bits."""
     over = ["lattice.L=32", "lattice.fft_planner=measure", "lattice.realspace_max_sources=0",
+            "lattice.transient_budget=0",
             "checkpoint.every_avalanches=10", "checkpoint.keep=0", "run.gamma_end=0.05"]
     full = run_in(tmp_path / "a", over)
     cks = sorted((tmp_path / "a" / "checkpoints").glob("ckpt_*.h5"))

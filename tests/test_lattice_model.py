@@ -19,8 +19,8 @@ from step_epm.lattice.calibration import (PLACEHOLDER, load_calibration, parse_c
                                           placeholder_calibration)
 from step_epm.lattice import dynamics as dyn
 from step_epm.lattice.kernels import EshelbyKernels
-from step_epm.lattice.model import (ModelOptions, STEPModel, marginal_yield_table, periodic_extent,
-                                    radial_profile, site_average_kernel)
+from step_epm.lattice.model import (TRANSIENT_TOL, ModelOptions, STEPModel, marginal_yield_table,
+                                    periodic_extent, radial_profile, site_average_kernel)
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +243,11 @@ def test_frame_sum_of_S_is_the_field_stats_mean(cal, L):
         m.avalanche()
     S = m.S.copy()
     none = np.zeros(0, dtype=np.int64)
+    td = m._tD
     _, _, ssum = dyn.frame_pass(m.e1.copy(), m.e2.copy(), m.k.copy(), S, m.r1.copy(), m.r2.copy(), m.u,
                                 m.busy.copy(), m.dp1.copy(), m.dp2.copy(), True, none, np.zeros(0),
-                                np.zeros(0), m.G, m._inc, False, m._dkt_real, 0.0, m.par.b, m.par.self_frame,
+                                np.zeros(0), m.G, m._inc, False, m._dkt_real, none, none, td.lo, td.width,
+                                td.off, td.planes, td.uni, 0.0, 0.0, m.par.b, m.par.self_frame,
                                 True, m.ytab, m._s0, m._sinv, m._u0, m._uinv, m._yref.copy(),
                                 m._sref.copy(), m._lip, m.mode, m._done.copy(), m._over.copy())
     assert np.array_equal(S, m.S)  # no increments: S unchanged
@@ -324,6 +326,81 @@ def test_realspace_and_transform_paths_agree(cal):
     dk = fields[0]["k"]
     assert np.abs(dk).max() > 0
 
+
+
+def embed_window(table, a, L):
+    """Plane a of a WindowTable as the full (L, L) field (source at site 0)."""
+    lo, w = table.lo[a], table.width[a]
+    out = np.full((L, L), table.uni[a])
+    idx = (lo + np.arange(w)) % L
+    out[np.ix_(idx, idx)] += table.planes[table.off[a]:table.off[a] + w * w].reshape(w, w)
+    return out
+
+
+def test_transient_windows_hold_the_closed_form(cal):
+    """The real-space transient tables: every window plane plus its uniform
+    value reproduces the closed form (compression_hat transformed back; D
+    from the difference of the spectra, an independent round-off) to the
+    truncation tolerance, windows are minimal (a value above the tolerance
+    on their border) and smaller than the lattice for young sources, and
+    the field table is the running sum of the change table."""
+    L = 64
+    m = STEPModel(L, cal, ModelOptions(), seed=0)
+    D, H, K, p = m._tD, m._tH, m.K, m.par
+    tol = TRANSIENT_TOL * 0.25 * (1 + K.nu)
+    n = D.lo.size
+    assert n >= 8 and D.width[0] < L // 2 and D.width[3] < L
+    def hk(t):  # h(0) = 0: the source starts at its first frame (docs/model.md)
+        return K.compression_hat(float(t), 1.0, p.comp_t, p.comp_w, p.D) if t > 0 else 0.0
+    run = np.zeros((L, L))
+    for a in range(n):
+        ref_d = K.irfft2(hk(a + 1) - hk(a))
+        ref_h = K.irfft2(hk(a + 1))
+        for table, ref in ((D, ref_d), (H, ref_h)):
+            emb = embed_window(table, a, L)
+            assert np.abs(emb - ref).max() <= 2 * tol, a
+            w = table.width[a]
+            if w < L:  # minimal: its border holds a value above the tolerance
+                vals = np.abs(table.planes[table.off[a]:table.off[a] + w * w].reshape(w, w))
+                border = max(vals[0].max(), vals[-1].max(), vals[:, 0].max(), vals[:, -1].max())
+                assert border > tol, a
+        run += embed_window(D, a, L)
+        np.testing.assert_allclose(run, embed_window(H, a, L), rtol=0, atol=(a + 2) * 2 * tol)
+
+
+def test_transient_windows_agree_with_the_fourier_recursion(cal):
+    """The same avalanches with the transient in real-space windows (default
+    budget), always in the Fourier recursion (budget 0), and with a budget
+    that makes avalanches switch from windows to the recursion part way
+    through: the same frames and rearrangements, and fields that agree to
+    round-off."""
+    L = 64
+    base = STEPModel(L, cal, ModelOptions(), seed=3, snapshots=False)
+    while base.gamma < 0.3:  # towards the plateau: avalanches of many frames
+        base.avalanche()
+    state = base.get_state()
+    runs, switches = [], []
+    for budget in (None, 0, int(3 * base._tarea[4])):
+        m = STEPModel(L, cal, ModelOptions(), seed=3, snapshots=False, transient_budget=budget)
+        m.set_state(state)
+        count = [0]
+        to_fourier = m._to_fourier
+
+        def counted():
+            count[0] += int(np.any(m.frame - m._tstart >= 1))  # windows already in use
+            to_fourier()
+        m._to_fourier = counted
+        for _ in range(30):
+            m.avalanche()
+        runs.append(m)
+        switches.append(count[0])
+    assert switches[0] < switches[2] and switches[2] >= 3 and switches[1] == 0
+    ref = runs[1]
+    for m in (runs[0], runs[2]):
+        assert m.frame == ref.frame and len(m.rearrangements) == len(ref.rearrangements)
+        for f in ("e1", "e2", "k", "S"):
+            np.testing.assert_allclose(getattr(m, f), getattr(ref, f), rtol=0, atol=1e-12, err_msg=f)
+    assert ref.frame - base.frame > 100
 
 # -- pieces ------------------------------------------------------------------------
 
