@@ -24,11 +24,16 @@ Conventions (the caller, ``model.py``, owns the arrays):
   finds loose.
 - Trigger modes: 0 = eps_dev = 2 sqrt(d1^2 + d2^2) >= eps_y;
   1 = e2 only, 2 |d2| >= eps_y.
-- Kernel planes ``G[c, dx, dy]`` (site offset dx, dy mod L) hold, for a
-  unit plastic source, c = 0, 1: k per source e1, e2; 2: e1 per e1;
-  3: e1 per e2 = e2 per e1 (reciprocity, one plane); 4: e2 per e2;
-  5, 6: the site-averaged softness kernels c0, c1 per frame of
-  rearrangement.
+- Kernel planes ``Q[c, qx, qy]`` hold, for a unit plastic source, the
+  response at the site offset (qx, qy), 0 <= qx, qy <= L // 2, for
+  c = 0, 1: k per source e1, e2; 2: e1 per e1; 3: e1 per e2 = e2 per e1
+  (reciprocity, one plane); 4: e2 per e2; 5, 6: the site-averaged
+  softness kernels c0, c1 per frame of rearrangement. Every kernel is
+  even or odd in each offset (planes 1 and 3 odd in both, the others
+  even), so this quarter gives the whole plane: the response at (dx, dy)
+  is Q[c, |dx|, |dy|] (minimum-image offsets), negated for c = 1, 3 when
+  dx dy < 0. A quarter of the full table (0.9 MB at L = 256) is read from
+  cache, and its rows are read twice from L1.
 - Increment fields ``inc[5, L, L]``: dk, de1, de2, sum of c0, sum of c1.
 - Transient windows (the volumetric transient in real space; the tables
   are ``model.WindowTable``): plane a covers the offsets lo[a] ..
@@ -393,25 +398,71 @@ def field_stats(f):
 
 
 @njit(cache=True, inline="always")
-def _add_segment(row, G, dx, iy0, iy1, off, a, bb, nc):
-    """row[c, iy] += kernel increments of one source for iy0 <= iy < iy1,
-    kernel column dy = iy - off (G planes as in frame_pass). The indices are
-    unsigned (all are >= 0): numba then emits no negative-index wraparound,
-    and the loops vectorise (1.5x faster than with signed indices)."""
-    dxu = np.uintp(dx)
-    for iy in range(iy0, iy1):
-        dy = np.uintp(iy - off)
-        i = np.uintp(iy)
-        g = G[3, dxu, dy]
-        row[0, i] += G[0, dxu, dy] * a + G[1, dxu, dy] * bb
-        row[1, i] += G[2, dxu, dy] * a + g * bb
-        row[2, i] += g * a + G[4, dxu, dy] * bb
-    if nc > 5:
+def _add_quarter(row, Q, qx, iy0, iy1, off, rev, a, bb, sgn, nc):
+    """row[c, iy] += kernel increments of one source for iy0 <= iy < iy1
+    from the quarter planes Q (frame_pass), kernel row qx and column
+    qy = iy - off (rev False) or off - iy (rev True); sgn = +-1 is the
+    sign of the two odd planes (1, 3) for this row and part. Unsigned
+    indices (all are >= 0): numba then emits no negative-index wraparound,
+    and the loops vectorise."""
+    qxu = np.uintp(qx)
+    b1 = sgn * bb
+    a1 = sgn * a
+    if not rev:
         for iy in range(iy0, iy1):
-            dy = np.uintp(iy - off)
+            q = np.uintp(iy - off)
             i = np.uintp(iy)
-            row[3, i] += G[5, dxu, dy]
-            row[4, i] += G[6, dxu, dy]
+            g = Q[3, qxu, q]
+            row[0, i] += Q[0, qxu, q] * a + Q[1, qxu, q] * b1
+            row[1, i] += Q[2, qxu, q] * a + g * b1
+            row[2, i] += g * a1 + Q[4, qxu, q] * bb
+        if nc > 5:
+            for iy in range(iy0, iy1):
+                q = np.uintp(iy - off)
+                i = np.uintp(iy)
+                row[3, i] += Q[5, qxu, q]
+                row[4, i] += Q[6, qxu, q]
+    else:
+        for iy in range(iy0, iy1):
+            q = np.uintp(off - iy)
+            i = np.uintp(iy)
+            g = Q[3, qxu, q]
+            row[0, i] += Q[0, qxu, q] * a + Q[1, qxu, q] * b1
+            row[1, i] += Q[2, qxu, q] * a + g * b1
+            row[2, i] += g * a1 + Q[4, qxu, q] * bb
+        if nc > 5:
+            for iy in range(iy0, iy1):
+                q = np.uintp(off - iy)
+                i = np.uintp(iy)
+                row[3, i] += Q[5, qxu, q]
+                row[4, i] += Q[6, qxu, q]
+
+
+@njit(cache=True, inline="always")
+def _add_source_row(row, Q, L1, dx, sy, a, bb, nc):
+    """One lattice row's increments from a source at column sy, dx rows
+    away (0 <= dx < L1), from the quarter planes Q (frame_pass): the row
+    offset folds to qx = min(dx, L1 - dx); column offsets dy = 0 .. L2 // 2
+    read Q columns dy forwards, the others L2 - dy backwards; the odd
+    planes change sign with each fold. Each part is split where it wraps
+    past the row end."""
+    L2 = row.shape[1]
+    h2 = L2 // 2
+    if dx <= L1 // 2:
+        qx, sgx = dx, 1.0
+    else:
+        qx, sgx = L1 - dx, -1.0
+    e = sy + h2 + 1  # forwards: dy = 0 .. h2 at iy = sy + dy
+    if e <= L2:
+        _add_quarter(row, Q, qx, sy, e, sy, False, a, bb, sgx, nc)
+    else:
+        _add_quarter(row, Q, qx, sy, L2, sy, False, a, bb, sgx, nc)
+        _add_quarter(row, Q, qx, 0, e - L2, sy - L2, False, a, bb, sgx, nc)
+    if e >= L2:  # backwards: dy = h2 + 1 .. L2 - 1, qy = L2 - dy
+        _add_quarter(row, Q, qx, e - L2, sy, sy, True, a, bb, -sgx, nc)
+    else:
+        _add_quarter(row, Q, qx, e, L2, sy + L2, True, a, bb, -sgx, nc)
+        _add_quarter(row, Q, qx, 0, sy, sy, True, a, bb, -sgx, nc)
 
 
 @njit(cache=True)
@@ -424,8 +475,8 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
 
     Increments (dk, de1, de2, C0, C1) of a site are either summed here from
     the real-space kernel planes over the sources (use_rs: flat indices src,
-    plastic increments sdp1, sdp2; ``G[c, dx, dy]``, c as the module
-    docstring's table, planes 5, 6 only read if G has them and soft_on),
+    plastic increments sdp1, sdp2; quarter planes ``G[c, qx, qy]`` as the
+    module docstring's Q, planes 5, 6 only read if G has them and soft_on),
     one lattice row at a time into a row buffer (contiguous, vectorised
     adds), plus the transient dkt[ix, iy] (use_dkt), or read from inc[0..4]
     (the transform path, a Fourier transient included). A transient kept
@@ -488,8 +539,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
                 dx = ix - sx
                 if dx < 0:
                     dx += L1
-                _add_segment(row, G, dx, sy, L2, sy, sdp1[j], sdp2[j], nc)
-                _add_segment(row, G, dx, 0, sy, sy - L2, sdp1[j], sdp2[j], nc)
+                _add_source_row(row, G, L1, dx, sy, sdp1[j], sdp2[j], nc)
             if use_dkt:
                 for iy in range(L2):
                     row[0, iy] += dkt[ix, iy]

@@ -67,6 +67,22 @@ class ModelOptions:
 # Calibration -> lattice parameters
 # --------------------------------------------------------------------------
 
+def quarter_planes(G, odd):
+    """The quarter Q[c, qx, qy], 0 <= qx, qy <= L // 2, of real-space kernel
+    planes G (n, L, L) (offsets mod L) that are even in each offset, or odd
+    in both for the planes listed in ``odd`` (dynamics module docstring),
+    symmetrised exactly: the mean of the four mirror images (the planes
+    come from inverse transforms, symmetric to round-off only)."""
+    n, L, _ = G.shape
+    mirror = (-np.arange(L)) % L
+    sign = np.ones((n, 1, 1))
+    sign[list(odd)] = -1.0
+    gx, gy = G[:, mirror, :], G[:, :, mirror]
+    sym = 0.25 * ((G + sign * gx) + (sign * gy + G[:, mirror][:, :, mirror]))
+    h = L // 2 + 1
+    return np.ascontiguousarray(sym[:, :h, :h])
+
+
 def radial_profile(curve):
     """The per-particle radial curve c(r) of a calibration (c0 or c1) as a
     function of r (particle units): the first bin's value for r < r_0,
@@ -500,9 +516,9 @@ class STEPModel:
             self.c0_site = np.zeros((L, L))
             self.c1_site = np.zeros((L, L))
         G = K.real_space_kernels()  # (3, 2, L, L); G[1, 1] == G[2, 0] (reciprocity)
-        self.G = np.ascontiguousarray(np.concatenate(
+        self.Q = quarter_planes(np.concatenate(
             [G[[0, 0, 1, 1, 2], [0, 1, 0, 1, 1]]]
-            + ([self.c0_site[None], self.c1_site[None]] if options.softness else [])))
+            + ([self.c0_site[None], self.c1_site[None]] if options.softness else [])), odd=(1, 3))
         self.C0h = np.ascontiguousarray(K.rfft2(self.c0_site).real)  # symmetric kernels: real spectra
         self.C1h = np.ascontiguousarray(K.rfft2(self.c1_site).real)
         self.prop = np.ascontiguousarray(K.prop)
@@ -789,7 +805,7 @@ class STEPModel:
         td = self._tD
         nd, no, ssum = dyn.frame_pass(
             self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.busy, self.dp1, self.dp2,
-            use_rs, active, dp1, dp2, self.G, self._inc, use_dkt, dkt_real,
+            use_rs, active, dp1, dp2, self.Q, self._inc, use_dkt, dkt_real,
             tsrc, tage, td.lo, td.width, td.off, td.planes, td.uni, p.comp_amp,
             self._smean, p.b, p.self_frame, soft, self.ytab, self._s0, self._sinv, self._u0,
             self._uinv, self._yref, self._sref, self._lip, self.mode, self._done, self._over)

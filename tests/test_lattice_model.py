@@ -20,7 +20,7 @@ from step_epm.lattice.calibration import (PLACEHOLDER, load_calibration, parse_c
 from step_epm.lattice import dynamics as dyn
 from step_epm.lattice.kernels import EshelbyKernels
 from step_epm.lattice.model import (TRANSIENT_TOL, ModelOptions, STEPModel, marginal_yield_table,
-                                    periodic_extent, radial_profile, site_average_kernel)
+                                    periodic_extent, quarter_planes, radial_profile, site_average_kernel)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +246,7 @@ def test_frame_sum_of_S_is_the_field_stats_mean(cal, L):
     td = m._tD
     _, _, ssum = dyn.frame_pass(m.e1.copy(), m.e2.copy(), m.k.copy(), S, m.r1.copy(), m.r2.copy(), m.u,
                                 m.busy.copy(), m.dp1.copy(), m.dp2.copy(), True, none, np.zeros(0),
-                                np.zeros(0), m.G, m._inc, False, m._dkt_real, none, none, td.lo, td.width,
+                                np.zeros(0), m.Q, m._inc, False, m._dkt_real, none, none, td.lo, td.width,
                                 td.off, td.planes, td.uni, 0.0, 0.0, m.par.b, m.par.self_frame,
                                 True, m.ytab, m._s0, m._sinv, m._u0, m._uinv, m._yref.copy(),
                                 m._sref.copy(), m._lip, m.mode, m._done.copy(), m._over.copy())
@@ -403,6 +403,35 @@ def test_transient_windows_agree_with_the_fourier_recursion(cal):
     assert ref.frame - base.frame > 100
 
 # -- pieces ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("L", [15, 16])
+def test_quarter_planes_give_the_whole_kernel(L):
+    """The real-space adds read a quarter of each kernel plane: unfolded by
+    the mirror rules of the dynamics module docstring (planes 1 and 3 odd in
+    both offsets, the others even) it gives back every plane of the full
+    table (real_space_kernels, c0/c1-like radial planes) to round-off, for
+    odd and even L (the Nyquist row of the odd planes is exactly zero)."""
+    K = EshelbyKernels(L, 0.4, 0.3)
+    G = K.real_space_kernels()
+    d = np.minimum(np.arange(L), L - np.arange(L))
+    radial = np.exp(-np.hypot(d[:, None], d[None, :]))
+    full = np.concatenate([G[[0, 0, 1, 1, 2], [0, 1, 0, 1, 1]], radial[None], 2 * radial[None]])
+    Q = quarter_planes(full, odd=(1, 3))
+    h = L // 2 + 1
+    assert Q.shape == (7, h, h)
+    sgn = np.where(np.arange(L) <= L // 2, 1.0, -1.0)
+    for c in range(7):
+        back = Q[c][np.ix_(d, d)]
+        if c in (1, 3):
+            back = back * sgn[:, None] * sgn[None, :]
+        scale = np.abs(full[c]).max()
+        np.testing.assert_allclose(back, full[c], rtol=0, atol=1e-15 * scale, err_msg=str(c))
+        if c in (1, 3):
+            assert np.all(Q[c, 0] == 0) and np.all(Q[c, :, 0] == 0)
+            if L % 2 == 0:
+                assert np.all(Q[c, L // 2] == 0) and np.all(Q[c, :, L // 2] == 0)
+    assert np.abs(Q[1]).max() > 0.1 * np.abs(Q[0]).max()  # the odd planes are not trivial
+
 
 def test_site_average_kernel_matches_quadrature():
     """Site averages of a smooth radial function against adaptive quadrature
