@@ -791,7 +791,7 @@ class STEPModel:
                     dkt_real = self._dkt_real
         soft = self.opt.softness
         if self._smean is None:
-            self._smean = dyn.field_stats(self.S)[0] if soft else 0.0
+            self._smean = dyn.field_mean(self.S) if soft else 0.0
         if not use_rs:
             dyn.source_rows(active, dp1, dp2, self._eyq, self._zrow, False)
             for c in range(3):

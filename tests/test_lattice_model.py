@@ -251,7 +251,8 @@ def test_frame_sum_of_S_is_the_field_stats_mean(cal, L):
                                 True, m.ytab, m._s0, m._sinv, m._u0, m._uinv, m._yref.copy(),
                                 m._sref.copy(), m._lip, m.mode, m._done.copy(), m._over.copy())
     assert np.array_equal(S, m.S)  # no increments: S unchanged
-    assert ssum / S.size == dyn.field_stats(S)[0]
+    assert ssum / S.size == dyn.field_stats(S)[0] == dyn.field_mean(S)
+    assert dyn.field_stats(S)[1] == pytest.approx(np.std(S), rel=1e-12)
     assert ssum == pytest.approx(math.fsum(S.ravel()), rel=1e-14)
 
 
