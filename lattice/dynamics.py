@@ -411,44 +411,41 @@ def field_stats(f):
 
 
 @njit(cache=True, inline="always")
+def _quarter_terms(row, Q, qx, q, i, a, a1, bb, b1):
+    """row[0..2, i] += the strain increments of Q column q (row qx) for the
+    source amplitudes (a, bb); a1, b1 are them with the odd planes' sign."""
+    g = Q[3, qx, q]
+    row[0, i] += Q[0, qx, q] * a + Q[1, qx, q] * b1
+    row[1, i] += Q[2, qx, q] * a + g * b1
+    row[2, i] += g * a1 + Q[4, qx, q] * bb
+
+
+@njit(cache=True, inline="always")
 def _add_quarter(row, Q, qx, iy0, iy1, off, rev, a, bb, sgn, nc):
     """row[c, iy] += kernel increments of one source for iy0 <= iy < iy1
     from the quarter planes Q (frame_pass), kernel row qx and column
     qy = iy - off (rev False) or off - iy (rev True); sgn = +-1 is the
-    sign of the two odd planes (1, 3) for this row and part. Unsigned
-    indices (all are >= 0): numba then emits no negative-index wraparound,
-    and the loops vectorise."""
+    sign of the two odd planes (1, 3) for this row and part. The two
+    directions are separate loops (contiguous loads either way, so both
+    vectorise), and the indices unsigned (all are >= 0: numba then emits
+    no negative-index wraparound)."""
     qxu = np.uintp(qx)
     b1 = sgn * bb
     a1 = sgn * a
     if not rev:
         for iy in range(iy0, iy1):
-            q = np.uintp(iy - off)
-            i = np.uintp(iy)
-            g = Q[3, qxu, q]
-            row[0, i] += Q[0, qxu, q] * a + Q[1, qxu, q] * b1
-            row[1, i] += Q[2, qxu, q] * a + g * b1
-            row[2, i] += g * a1 + Q[4, qxu, q] * bb
+            _quarter_terms(row, Q, qxu, np.uintp(iy - off), np.uintp(iy), a, a1, bb, b1)
         if nc > 5:
             for iy in range(iy0, iy1):
-                q = np.uintp(iy - off)
-                i = np.uintp(iy)
-                row[3, i] += Q[5, qxu, q]
-                row[4, i] += Q[6, qxu, q]
+                row[3, np.uintp(iy)] += Q[5, qxu, np.uintp(iy - off)]
+                row[4, np.uintp(iy)] += Q[6, qxu, np.uintp(iy - off)]
     else:
         for iy in range(iy0, iy1):
-            q = np.uintp(off - iy)
-            i = np.uintp(iy)
-            g = Q[3, qxu, q]
-            row[0, i] += Q[0, qxu, q] * a + Q[1, qxu, q] * b1
-            row[1, i] += Q[2, qxu, q] * a + g * b1
-            row[2, i] += g * a1 + Q[4, qxu, q] * bb
+            _quarter_terms(row, Q, qxu, np.uintp(off - iy), np.uintp(iy), a, a1, bb, b1)
         if nc > 5:
             for iy in range(iy0, iy1):
-                q = np.uintp(off - iy)
-                i = np.uintp(iy)
-                row[3, i] += Q[5, qxu, q]
-                row[4, i] += Q[6, qxu, q]
+                row[3, np.uintp(iy)] += Q[5, qxu, np.uintp(off - iy)]
+                row[4, np.uintp(iy)] += Q[6, qxu, np.uintp(off - iy)]
 
 
 @njit(cache=True, inline="always")
