@@ -549,6 +549,7 @@ class STEPModel:
         self._Kt = np.zeros((L, h), dtype=complex)
         self._dkt = _aligned_zeros((L, h), complex)
         self._dkt_real = _aligned_zeros((L, L), float)
+        self._tfourier = False
         self._clear_transient()
         self._smean = None
 
@@ -830,8 +831,9 @@ class STEPModel:
 
     def _clear_transient(self):
         """No transient pending: the sources list is empty and real space is used
-        for the next ones."""
-        self._Kt[:] = 0.0
+        for the next ones (K_t is only written by the Fourier recursion)."""
+        if self._tfourier:
+            self._Kt[:] = 0.0
         if self.opt.volumetric:
             self._slot_used[:] = False
         self._tsites = np.zeros(0, dtype=np.int64)
