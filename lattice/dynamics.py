@@ -477,7 +477,7 @@ def _add_source_row(row, Q, L1, dx, sy, a, bb, nc):
 
 @njit(cache=True)
 def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
-               use_rs, src, sdp1, sdp2, G, inc, use_dkt, dkt,
+               use_rs, src, sdp1, sdp2, Q, inc, use_dkt, dkt,
                tsrc, tage, tlo, tw, toff, tplanes, tuni, tamp,
                smean, b, self_frame, soft_on, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode,
                done, over):
@@ -485,8 +485,8 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
 
     Increments (dk, de1, de2, C0, C1) of a site are either summed here from
     the real-space kernel planes over the sources (use_rs: flat indices src,
-    plastic increments sdp1, sdp2; quarter planes ``G[c, qx, qy]`` as the
-    module docstring's Q, planes 5, 6 only read if G has them and soft_on),
+    plastic increments sdp1, sdp2; the quarter kernel planes Q of the
+    module docstring, planes 5, 6 only read if Q has them and soft_on),
     one lattice row at a time into a row buffer (contiguous, vectorised
     adds), plus the transient dkt[ix, iy] (use_dkt), or read from inc[0..4]
     (the transform path, a Fourier transient included). A transient kept
@@ -511,7 +511,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
     """
     L1, L2 = e1.shape
     ns = src.size
-    nc = G.shape[0] if soft_on else 5
+    nc = Q.shape[0] if soft_on else 5
     row = np.zeros((5, L2))
     flag = np.zeros(L2, dtype=np.uint8)
     nd, no = 0, 0
@@ -549,7 +549,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
                 dx = ix - sx
                 if dx < 0:
                     dx += L1
-                _add_source_row(row, G, L1, dx, sy, sdp1[j], sdp2[j], nc)
+                _add_source_row(row, Q, L1, dx, sy, sdp1[j], sdp2[j], nc)
             if use_dkt:
                 for iy in range(L2):
                     row[0, iy] += dkt[ix, iy]
