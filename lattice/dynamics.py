@@ -410,6 +410,38 @@ def field_stats(f):
     return m, math.sqrt(((v0 + v1) + (v2 + v3)) / a.size)
 
 
+@njit(cache=True)
+def _unwrapped_spread(c, L):
+    """Sum of squared deviations from their mean of the periodic
+    coordinates c (sites, period L), unwrapped about their circular mean."""
+    n = c.size
+    sn, cs = 0.0, 0.0
+    for i in range(n):
+        th = 2.0 * math.pi * c[i] / L
+        sn += math.sin(th)
+        cs += math.cos(th)
+    centre = math.atan2(sn / n, cs / n) * L / (2.0 * math.pi)
+    d = np.empty(n)
+    for i in range(n):
+        d[i] = (c[i] - centre + 0.5 * L) % L - 0.5 * L
+    m = d.mean()
+    out = 0.0
+    for i in range(n):
+        out += (d[i] - m) ** 2
+    return out
+
+
+@njit(cache=True)
+def periodic_extent(ix, iy, L):
+    """Radius of gyration (sites) of a set of sites on the periodic lattice:
+    coordinates unwrapped about their circular mean, then the usual
+    root-mean-square distance from the centroid (exact for sets narrower
+    than L/2 along each axis)."""
+    if ix.size == 0:
+        return 0.0
+    return math.sqrt((_unwrapped_spread(ix, L) + _unwrapped_spread(iy, L)) / ix.size)
+
+
 @njit(cache=True, inline="always")
 def _quarter_terms(row, Q, qx, q, i, a, a1, bb, b1):
     """row[0..2, i] += the strain increments of Q column q (row qx) for the

@@ -24,6 +24,7 @@ import numpy as np
 import pyfftw
 
 from . import dynamics as dyn
+from .dynamics import periodic_extent
 from .calibration import Calibration, CalibrationError
 from .fft_plans import Planner
 from .kernels import EshelbyKernels
@@ -316,23 +317,6 @@ COLUMN_DOC = {
     "S_mean": "lattice mean S at the end", "S_std": "lattice standard deviation of S at the end",
     "first": "index of the avalanche's first rearrangement row",
 }
-
-
-def periodic_extent(ix, iy, L):
-    """Radius of gyration (sites) of a set of sites on the periodic lattice:
-    coordinates unwrapped about their circular mean, then the usual
-    root-mean-square distance from the centroid (exact for sets narrower
-    than L/2 along each axis)."""
-    if ix.size == 0:
-        return 0.0
-    out = 0.0
-    for c in (ix, iy):
-        th = 2 * np.pi * c / L
-        centre = np.arctan2(np.sin(th).mean(), np.cos(th).mean()) * L / (2 * np.pi)
-        d = (c - centre + L / 2) % L - L / 2  # unwrapped about the circular mean
-        d = d - d.mean()
-        out += float(np.mean(d * d))
-    return math.sqrt(out)
 
 
 # --------------------------------------------------------------------------
