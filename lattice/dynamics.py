@@ -453,6 +453,13 @@ def _quarter_terms(row, Q, qx, q, i, a, a1, bb, b1):
 
 
 @njit(cache=True, inline="always")
+def _softness_terms(row, Q, qx, q, i):
+    """row[3..4, i] += the softness kernels c0, c1 of Q column q (row qx)."""
+    row[3, i] += Q[5, qx, q]
+    row[4, i] += Q[6, qx, q]
+
+
+@njit(cache=True, inline="always")
 def _add_quarter(row, Q, qx, iy0, iy1, off, rev, a, bb, sgn, nc):
     """row[c, iy] += kernel increments of one source for iy0 <= iy < iy1
     from the quarter planes Q (frame_pass), kernel row qx and column
@@ -469,15 +476,13 @@ def _add_quarter(row, Q, qx, iy0, iy1, off, rev, a, bb, sgn, nc):
             _quarter_terms(row, Q, qxu, np.uintp(iy - off), np.uintp(iy), a, a1, bb, b1)
         if nc > 5:
             for iy in range(iy0, iy1):
-                row[3, np.uintp(iy)] += Q[5, qxu, np.uintp(iy - off)]
-                row[4, np.uintp(iy)] += Q[6, qxu, np.uintp(iy - off)]
+                _softness_terms(row, Q, qxu, np.uintp(iy - off), np.uintp(iy))
     else:
         for iy in range(iy0, iy1):
             _quarter_terms(row, Q, qxu, np.uintp(off - iy), np.uintp(iy), a, a1, bb, b1)
         if nc > 5:
             for iy in range(iy0, iy1):
-                row[3, np.uintp(iy)] += Q[5, qxu, np.uintp(off - iy)]
-                row[4, np.uintp(iy)] += Q[6, qxu, np.uintp(off - iy)]
+                _softness_terms(row, Q, qxu, np.uintp(off - iy), np.uintp(iy))
 
 
 @njit(cache=True, inline="always")

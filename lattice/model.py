@@ -24,7 +24,6 @@ import numpy as np
 import pyfftw
 
 from . import dynamics as dyn
-from .dynamics import periodic_extent
 from .calibration import Calibration, CalibrationError
 from .fft_plans import Planner
 from .kernels import EshelbyKernels
@@ -385,7 +384,8 @@ def plane_window(field, tol):
     window, row-major."""
     L = field.shape[0]
     u = field[L // 2, L // 2]
-    dev = np.abs(field - u)
+    rest = field - u
+    dev = np.abs(rest)
     d = np.minimum(np.arange(L), L - np.arange(L))
     far = np.zeros(L // 2 + 1)
     np.maximum.at(far, d, np.maximum(dev.max(axis=1), dev.max(axis=0)))
@@ -393,7 +393,7 @@ def plane_window(field, tol):
     R = int(over[-1]) if over.size else 0
     lo, w = (-(L // 2), L) if 2 * R + 1 >= L else (-R, 2 * R + 1)
     idx = (lo + np.arange(w)) % L
-    return lo, w, (field - u)[np.ix_(idx, idx)].ravel(), u
+    return lo, w, rest[np.ix_(idx, idx)].ravel(), u
 
 
 def transient_windows(K, par):
@@ -693,7 +693,7 @@ class STEPModel:
         s_mean, s_std = dyn.field_stats(self.S)
         row = self.avalanches.append(
             id=aid, frame=frame0, duration=self.frame - frame0, size=rows.stop - rows.start,
-            n_sites=flat.size, extent=periodic_extent(flat // L, flat % L, L), gamma=self.gamma,
+            n_sites=flat.size, extent=dyn.periodic_extent(flat // L, flat % L, L), gamma=self.gamma,
             stress_before=stress0, stress_after=self.stress(), S_mean=s_mean, S_std=s_std,
             first=first_row)
         self.n_avalanches += 1

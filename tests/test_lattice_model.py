@@ -19,8 +19,9 @@ from step_epm.lattice.calibration import (PLACEHOLDER, load_calibration, parse_c
                                           placeholder_calibration)
 from step_epm.lattice import dynamics as dyn
 from step_epm.lattice.kernels import EshelbyKernels
+from step_epm.lattice.dynamics import periodic_extent
 from step_epm.lattice.model import (TRANSIENT_TOL, ModelOptions, STEPModel, marginal_yield_table,
-                                    periodic_extent, quarter_planes, radial_profile, site_average_kernel)
+                                    quarter_planes, radial_profile, site_average_kernel)
 
 
 @pytest.fixture(scope="module")
