@@ -31,16 +31,15 @@ class NumpySTEP:
         m, p = model, model.par
         self.L, self.mode, self.soft = m.L, m.mode, m.opt.softness
         self.vol = m.opt.volumetric
-        self.phi, self.nf, self.b, self.self_frame = p.phi, p.n_frames, p.b, p.self_frame
-        self.self1, self.self2 = m.self1, m.self2
+        self.kappa, self.nf, self.b, self.self_frame = p.kappa, p.n_frames, p.b, p.self_frame
         self.prop, self.C0h, self.C1h = m.K.prop, m.C0h, m.C1h  # (3, 2, L, h), (L, h), (L, h)
         self.ytab, self.ygrid = m.ytab, (m._s0, m._sinv, m._u0, m._uinv)
         if self.vol:  # per-frame injection J[age] and decay of the transient (docs/model.md)
             hk = [m.K.compression_hat(float(t), 1.0, p.comp_t, p.comp_w, p.D) for t in range(m.M + 1)]
             self.decay = np.exp(-p.D * m.K.lap)
             self.J = [hk[1]] + [hk[a + 1] - self.decay * hk[a] for a in range(1, m.M)]
-            self.amp = p.comp_amp
-        for f in ("e1", "e2", "k", "S", "u", "r1", "r2"):
+            self.amp = p.comp_p
+        for f in ("e1", "e2", "k", "S", "u"):
             setattr(self, f, getattr(m, f).copy())
         self.gamma, self.frame = m.gamma, m.frame
         self.rng = np.random.Generator(np.random.PCG64())
@@ -69,14 +68,14 @@ class NumpySTEP:
 
     def over(self, busy):
         """Sites at or over threshold that are not in the boolean mask ``busy``."""
-        d1, d2 = self.e1 - self.r1, self.e2 - self.r2
+        d1, d2 = self.e1, self.e2
         eps = 2 * np.sqrt(d1 * d1 + d2 * d2) if self.mode == 0 else 2 * np.abs(d2)
         return (eps >= self.yield_strain(self.u, self.S)) & ~busy
 
     def load(self):
         """Exact extremal loading (uniform e2 += x, gamma += 2x); returns the flat site."""
         h = 0.5 * self.yield_strain(self.u, self.S)
-        d1, d2 = self.e1 - self.r1, self.e2 - self.r2
+        d1, d2 = self.e1, self.e2
         if self.mode == 0:
             rr = h * h - d1 * d1
             x = np.where((rr <= 0) | (d1 * d1 + d2 * d2 >= h * h), 0.0,
@@ -98,8 +97,8 @@ class NumpySTEP:
         young = deque(maxlen=len(self.J) if self.vol else 1)  # sources by age, newest first
         while True:
             # rearrangements starting this frame
-            self.dp1[trig] = -self.phi * self.e1[trig] / self.self1 / self.nf
-            self.dp2[trig] = -self.phi * self.e2[trig] / self.self2 / self.nf
+            self.dp1[trig] = self.kappa * self.e1[trig] / self.nf
+            self.dp2[trig] = self.kappa * self.e2[trig] / self.nf
             self.busy[trig] = self.nf
             self.n_rearrangements += int(trig.sum())
             # increments: transient, deviatoric responses, softness sums
@@ -124,7 +123,6 @@ class NumpySTEP:
             # releases
             self.busy[active] -= 1
             done = active & (self.busy == 0)
-            self.r1[done], self.r2[done] = self.e1[done], self.e2[done]
             self.dp1[done] = self.dp2[done] = 0.0
             trig = self.over(active)
             self.u.flat[np.flatnonzero(done)] = self.rng.random(int(done.sum()))

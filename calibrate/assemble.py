@@ -18,18 +18,21 @@ measured are written as NaN with n = 0 and a flag (scalars) or left out
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..lattice.calibration import (REQUIRED_CURVES, REQUIRED_SCALARS, SCALARS, Calibration,
-                                   CalibrationError, Quantity, parse_calibration,
-                                   placeholder_calibration)
+                                   CalibrationError, Quantity, continuum_source_strength,
+                                   parse_calibration, placeholder_calibration)
 from ..particles.analysis_file import SoftnessAnalysis
+from ..particles.state import State
 from ..particles.trajectory import Trajectory
+from .events import relaxation
+from .extract import local_deviatoric_stress
 from .lattice_mapping import (SITE_FACTOR, g2_entry, histogram_entry, p_s_sites, site_size,
-                              site_softness, site_softness_of_particles, strain_profiles_entry,
-                              yield_strain_sites, yield_table_entry)
+                              site_softness, site_softness_of_particles, source_strength,
+                              strain_profiles_entry, yield_strain_sites, yield_table_entry)
 
 log = logging.getLogger(__name__)
 
@@ -38,74 +41,86 @@ log = logging.getLogger(__name__)
 MAX_RELATIVE_ERROR = 1.0
 #: bins of the lattice's yield table over the onsets' site-S range
 YIELD_BINS = 6
-#: onset label whose yield strain the lattice uses (SPEC.md section 5)
-LATTICE_YIELD_LABEL = "since_last"
 
 
 @dataclass
 class SiteSamples:
-    """Site-averaged softness samples (site side ``a``, length).
+    """What the site side ``a`` (length) is needed for: site-averaged
+    softness samples and the local elastic strain of every rearrangement
+    run (``extract`` definition 5) over a site-sized disk.
 
     sites: (n_sites_total,) site S over the sampled minimised frames.
-    particles: (n,) particle S over the same frames; rearrangers: (m,)
-        particle S at the window start of every df = 1 onset.
-    onset_site_S: {label: (n_onsets,) site S of the onset particle's site at
-        the window start}, aligned with Measurements.onsets[label].
+    particles: (n,) particle S over the same frames.
+    rearrangers: (m,) particle S of each run at its onset frame f0.
+    run_site_S: (m,) site S (``site_softness_of_particles``) of each run's
+        particle at f0; aligned with the concatenated ``Measurements.runs``.
+    run_e_el: (m, 2) local elastic deviatoric strain (e1, e2) at f0: the
+        deviatoric stress of the disk of area a^2 around the particle
+        (``extract.local_deviatoric_stress``, radius a / sqrt(pi)) over
+        2 mu_relaxed (the files' mean, the lattice's).
+    run_de: (m, 2) the same at e_end minus at f0.
     n_frames: sampled frames.
     """
     a: float
     sites: np.ndarray
     particles: np.ndarray
     rearrangers: np.ndarray
-    onset_site_S: dict = field(default_factory=dict)
+    run_site_S: np.ndarray
+    run_e_el: np.ndarray
+    run_de: np.ndarray
     n_frames: int = 0
 
 
 def site_samples(pairs, meas, a: float, sample_every: int = 50, progress=None) -> SiteSamples:
-    """Site softness of sampled frames and of every onset.
+    """Site softness of sampled frames, and the site softness and local
+    elastic strain of every rearrangement run (SiteSamples).
 
     Args:
         pairs: the (trajectory, analysis file) pairs given to ``measure``
-            (same order: Onsets.traj indexes them).
+            (same order as ``meas.runs``).
         meas: extract.Measurements.
-        a: site side (length); NaN gives empty samples.
+        a: site side (length); NaN gives empty samples (NaN per run).
         sample_every: every k-th minimised step of each trajectory is a
             P(S) sample (a site tiling of the whole box per frame).
         progress: optional callable(str).
     """
-    empty = SiteSamples(a, np.empty(0), np.empty(0), np.empty(0),
-                        {k: np.full(len(o.S), np.nan) for k, o in meas.onsets.items()})
+    m = int(sum(len(r) for r in meas.runs))
+    nan2 = np.full((m, 2), np.nan)
     if not (math.isfinite(a) and a > 0):
-        return empty
-    sites, parts, rear = [], [], []
-    onset_S = {k: np.full(len(o.S), np.nan) for k, o in meas.onsets.items()}
-    for ti, (tp, ap) in enumerate(pairs):
+        return SiteSamples(a, np.empty(0), np.empty(0), np.empty(0), np.full(m, np.nan), nan2,
+                           nan2.copy())
+    mu = meas.elastic["mu_relaxed"].value
+    radius = a / math.sqrt(math.pi)
+    sites, parts = [], []
+    rear, site_S, e0, e1 = (np.full(m, np.nan), np.full(m, np.nan), nan2.copy(), nan2.copy())
+    base = 0
+    for (tp, ap), runs in zip(pairs, meas.runs):
         if progress:
-            progress(f"site softness: {ap}")
+            progress(f"site softness and local stress: {ap}")
         with Trajectory(tp) as t, SoftnessAnalysis(ap) as an:
             seq = an.sequence()
             (Lx, Ly) = t.box_lengths
-            minima = np.flatnonzero(seq["kind"] == 0)[::sample_every]
-            need = {int(r) for r in minima}
-            for o in meas.onsets.values():
-                need |= {int(r) for r in o.start_row[o.traj == ti]}
-            cache = {}
-            for r in sorted(need):
+            minima = set(np.flatnonzero(seq["kind"] == 0)[::sample_every].tolist())
+            starts, ends = runs[:, 1], runs[:, 2]
+            for r in sorted(minima | set(starts.tolist()) | set(ends.tolist())):
                 pos = t.sequence_position(seq["kind"][r], seq["row"][r])
+                box = (Lx, Ly, float(seq["gamma"][r]))
+                state = State(pos, t.radii, Lx, Ly, box[2])
                 S = an.field("softness", r).astype(float)
-                cache[r] = (pos, S, (Lx, Ly, float(seq["gamma"][r])))
-            for r in minima:
-                pos, S, box = cache[int(r)]
-                sites.append(site_softness(pos, S, box, a))
-                parts.append(S)
-            for label, o in meas.onsets.items():
-                for j in np.flatnonzero(o.traj == ti):
-                    pos, S, box = cache[int(o.start_row[j])]
-                    onset_S[label][j] = site_softness_of_particles(pos, S, box, a)[o.particle[j]]
-                    if label == "df=1":
-                        rear.append(S[o.particle[j]])
+                if r in minima:
+                    sites.append(site_softness(pos, S, box, a))
+                    parts.append(S)
+                for which, out in ((starts == r, e0), (ends == r, e1)):
+                    j = np.flatnonzero(which)
+                    if j.size == 0:
+                        continue
+                    out[base + j] = local_deviatoric_stress(state, runs[j, 0], radius) / (2 * mu)
+                    if out is e0:
+                        rear[base + j] = S[runs[j, 0]]
+                        site_S[base + j] = site_softness_of_particles(pos, S, box, a)[runs[j, 0]]
+        base += len(runs)
     cat = (lambda x: np.concatenate(x) if x else np.empty(0))
-    return SiteSamples(a, cat(sites), cat(parts), np.asarray(rear, float), onset_S, len(sites))
+    return SiteSamples(a, cat(sites), cat(parts), rear, site_S, e0, e1 - e0, len(sites))
 
 
 def _in_range(name, value):
@@ -199,26 +214,31 @@ def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
     fits = getattr(sf, "fits", {}) or {}
     xi_q = _xi_quantity(meas)
     measured = dict(meas.elastic)
+    rel = relaxation(sites.run_e_el, sites.run_de, n_boot=n_boot, seed=seed)
     measured.update(number_density=meas.number_density, time_per_frame=meas.time_per_frame,
                     softness_b=sc.b, self_change=meas.self_change, site_size=site_q,
-                    **meas.compression, **meas.relaxation, **meas.rearrangement_stats)
+                    **meas.compression, **rel, **meas.rearrangement_stats)
     measured["d2min_length"] = xi_q
     for k in ("c_dev", "bg_dev", "c_xy", "bg_xy", "k_sin2"):
         measured[k] = fits.get(k)
     measured["compression_length"] = fits.get("compression_length")
-    # the lattice's yield table: since-last onsets re-binned by site S
+    measured["source_strength"] = source_strength(
+        fits.get("c_dev") or Quantity(math.nan, flag="no strain fields"),
+        meas.rearrangement_stats["frames_per_rearrangement"], meas.elastic["nu_relaxed"],
+        sites.run_e_el, n_boot=n_boot, seed=seed)
+    # the lattice's yield table: the local elastic strain of every run at its
+    # onset (the variable the lattice triggers on), binned by site S
     ys_table, ys = None, None
-    o = meas.onsets.get(LATTICE_YIELD_LABEL)
-    if o is not None and len(o.S):
-        S_site = sites.onset_site_S[LATTICE_YIELD_LABEL]
-        ok = np.isfinite(S_site) & np.isfinite(o.eps) & (o.eps > 0)
-        if ok.sum() >= 2:
-            if s_edges is None:  # YIELD_BINS uniform bins over the central 96 % of the onsets
-                lo, hi = np.percentile(S_site[ok], [2, 98])
-                s_edges = np.linspace(lo, hi, YIELD_BINS + 1) if hi > lo else np.array([lo, lo + 0.1])
-            u = np.linspace(0.02, 0.98, 49) if u is None else u
-            ys_table, ys = yield_strain_sites(o.eps[ok], S_site[ok], s_edges=s_edges, u=u,
-                                              n_boot=n_boot, seed=seed)
+    eps = 2 * np.hypot(sites.run_e_el[:, 0], sites.run_e_el[:, 1])
+    ok = np.isfinite(sites.run_site_S) & np.isfinite(eps) & (eps > 0)
+    if ok.sum() >= 2:
+        S_site = sites.run_site_S[ok]
+        if s_edges is None:  # YIELD_BINS uniform bins over the central 96 % of the onsets
+            lo, hi = np.percentile(S_site, [2, 98])
+            s_edges = np.linspace(lo, hi, YIELD_BINS + 1) if hi > lo else np.array([lo, lo + 0.1])
+        u = np.linspace(0.02, 0.98, 49) if u is None else u
+        ys_table, ys = yield_strain_sites(eps[ok], S_site, s_edges=s_edges, u=u, n_boot=n_boot,
+                                          seed=seed)
     if ys is not None:
         measured["yield_a"], measured["yield_b"] = ys.a, ys.b
     scalars = {"time_per_frame": _scalar("time_per_frame", measured.get("time_per_frame"), ph, notes)}
@@ -235,6 +255,16 @@ def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
                 lam.value + 2 * mu.value) ** 2
             scalars[f"nu_{kind}"] = replace(nu, value=value, error=err, n=min(lam.n, mu.n),
                                             flag=None)
+    kq = scalars["source_strength"]
+    if kq.n == 0:  # the continuum inclusion with this file's phi, a and nu, still a placeholder
+        phi, a, nu = (scalars[k] for k in ("relaxed_fraction", "site_size", "nu_relaxed"))
+        value = continuum_source_strength(phi.value, nu.value, a.value)
+        notes[:] = [n for n in notes if not n.startswith("source_strength:")]
+        why = kq.flag.split(": ", 1)[-1]
+        notes.append(f"source_strength: continuum inclusion {value:.4g} = 4 phi a^2/(1 + nu) ({why})")
+        scalars["source_strength"] = replace(kq, value=value, error=0.5 * value,
+                                             flag=f"placeholder, the continuum inclusion 4 phi a^2/"
+                                                  f"(1 + nu) of this file's phi, a, nu: {why}")
     curves = {}
     p_s = p_s_sites(sites.sites) if sites.sites.size else None
     candidates = {

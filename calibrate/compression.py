@@ -12,18 +12,30 @@ unit of SPEC.md section 0):
   area of the region's strain, dQ_j = sum_{i in region} k_i(j) a with
   k_i(j) the volumetric strain (eps_xx + eps_yy)/2 of particle i between
   the two frames and a = V / N the area per particle (``frame_compression``;
-  NaN k are left out). dQ > 0 is a dilation, the sign convention of the
-  calibration file's ``compression_amplitude``.
+  NaN k are left out). dQ > 0: the region dilates.
 - Time: t_j = time of frame j minus the time of the onset frame (the
   rearrangement's first frame), so the first pair has t = its frame
   interval. Cumulative Q(t_j) = sum_{j' <= j} dQ_j'.
 - Model: Q(t) = A Phi((t - t_c) / w), Phi the standard normal CDF, i.e. a
   Gaussian compression RATE A / (w sqrt(2 pi)) exp(-(t - t_c)^2 / 2 w^2)
-  starting at the onset. A = ``compression_amplitude`` (length^2),
-  t_c = ``compression_t_centre`` (time, >= 0), w = ``compression_width``
-  (time, > 0). Fitted by least squares on the pooled (t, Q) points of all
-  events (every event's points weigh the same), errors by bootstrap over
-  events (each replicate refitted).
+  starting at the onset; t_c = ``compression_t_centre`` (time, >= 0),
+  w = ``compression_width`` (time, > 0). Fitted by least squares on the
+  pooled (t, Q) points of all events (every event's points weigh the
+  same), errors by bootstrap over events (each replicate refitted).
+- From the region's Q to the source (SPEC.md section 4, "Signs"): a
+  source of plastic half-trace x area p (an inclusion whose eigenstrain
+  dilates it) in an overdamped elastic medium has the total volumetric
+  strain ((1 + nu)/2) p [delta_source(r) - H(r, t)], H the diffusion
+  kernel of D_L = (lambda + 2 mu)/eta (unit integral): the inclusion
+  itself dilates by the 2-D Eshelby factor (1 + nu)/2 while the
+  compression it pushes into its surroundings, -(1 + nu)/2 p H, diffuses
+  away (volume is conserved at every time). A region of radius R around
+  it therefore holds Q_R(t) = ((1 + nu)/2) p (1 - int_{r<R} H) ->
+  ((1 + nu)/2) p once the cloud has left it (R^2 / 4 D_L is ~10 time
+  units against particle frames of ~100: the lag is below the frame
+  resolution). So ``compression_p`` = 2 A / (1 + nu), nu the relaxed 2-D
+  Poisson ratio (the lattice kernel's), and the lattice's outside field is
+  -(1 + nu)/2 p H = -A H.
 
 Too little data (fewer than ``min_events`` events or fewer than 4 points)
 or a failed fit gives NaN quantities with n = 0 and a flag.
@@ -100,19 +112,22 @@ def _fit(t, Q, weight):
     return A, tc, w
 
 
-def compression_fit(events, n_boot=200, seed=0, min_events=2, radius=None) -> dict:
+def compression_fit(events, nu, n_boot=200, seed=0, min_events=2, radius=None) -> dict:
     """Fit Q(t) = A Phi((t - t_c)/w) to the cumulative compression of the
-    events (module docstring).
+    events and convert A to the source's p = 2 A / (1 + nu) (module
+    docstring).
 
     Args:
         events: sequence of ``CompressionEvent``.
+        nu: the 2-D Poisson ratio of the conversion (relaxed; NaN gives a
+            NaN p with a flag).
         n_boot, seed: bootstrap over events.
         min_events: fewest events for a fit.
-        radius: the region radius used (recorded as the fit range of the
-            amplitude; None if unknown).
+        radius: the region radius used (recorded as the fit range of p;
+            None if unknown).
     Returns:
-        {"compression_amplitude", "compression_t_centre",
-        "compression_width"}: Quantities (length^2, time, time), n = events.
+        {"compression_p", "compression_t_centre", "compression_width"}:
+        Quantities (length^2, time, time), n = events.
     """
     ts, Qs, ids = [], [], []
     for i, ev in enumerate(events):
@@ -126,9 +141,9 @@ def compression_fit(events, n_boot=200, seed=0, min_events=2, radius=None) -> di
         Qs.append(Q[ok])
         ids.append(np.full(ok.sum(), i))
     n_ev = len(ts)
-    specs = [("compression_amplitude", "length^2",
-              "A in Q(t) = A Phi((t - t_c)/w): half-trace x area of the transient compression "
-              "(> 0: dilation)"),
+    specs = [("compression_p", "length^2",
+              "p = 2 A / (1 + nu), A in Q(t) = A Phi((t - t_c)/w) the rearranger region's own "
+              "half-trace x area: the source's plastic half-trace x area (> 0: it dilates)"),
              ("compression_t_centre", "time", "t_c: centre of the Gaussian compression rate after the onset"),
              ("compression_width", "time", "w: standard deviation of the Gaussian compression rate")]
     rng = None if radius is None else (0.0, float(radius))
@@ -147,6 +162,12 @@ def compression_fit(events, n_boot=200, seed=0, min_events=2, radius=None) -> di
         reps = np.array([_fit(t, Q, g.multinomial(n_ev, np.full(n_ev, 1.0 / n_ev))[ev].astype(float))
                          for _ in range(n_boot)])
         err = spread(reps)
-    return {name: quantity(val[j], err[j], n_ev if flag is None else 0,
-                           rng if j == 0 else None, unit, desc, flag)
-            for j, (name, unit, desc) in enumerate(specs)}
+    nu = float(nu)
+    to_p = 2.0 / (1.0 + nu) if math.isfinite(nu) and nu > -1.0 else math.nan
+    out = {name: quantity(val[j] * (to_p if j == 0 else 1.0), err[j] * (to_p if j == 0 else 1.0),
+                          n_ev if flag is None else 0, rng if j == 0 else None, unit, desc, flag)
+           for j, (name, unit, desc) in enumerate(specs)}
+    if flag is None and not math.isfinite(to_p):
+        out["compression_p"] = quantity(math.nan, math.nan, 0, rng, specs[0][1], specs[0][2],
+                                        f"no Poisson ratio for the conversion (nu = {nu!r})")
+    return out

@@ -73,17 +73,14 @@ skipped without reading positions (no rearranger there).
 5. Rearrangements: per avalanche, flags (F_a, N) = rearrangers (chosen
    species) of its pairs (as in 3) and eps_dev (F_a, N) of the same rows ->
    ``events.find_rearrangements`` (runs of consecutive flagged pairs).
-   Relaxation, per rearrangement (consecutive flagged pairs f0 -> e_end,
-   found in the same pass, any pair): the local elastic deviatoric strain
-   is read from the local stress, e_el = (s1, s2)(f0) / (2 mu) with
-   s1 = (sigma_xx - sigma_yy)/2, s2 = sigma_xy the deviatoric stress of the
-   particle's neighbourhood (sum of the per-particle virials of the
-   particles within ``stress_radius`` of it, over the disk's area) and mu
-   the relaxed shear modulus of the file's packing; de = the same at
-   e_end minus at f0. (A strain fit since the last rearrangement is no
-   measure of the elastic strain: it holds the plastic strain of other
-   rearrangements and has no stress-free reference.) Self change: softness
-   at e_end minus softness at f0. Frame times: consecutive differences of
+   Runs (``Extract.runs``): every rearrangement run of a particle of the
+   chosen species (consecutive flagged pairs, any pair) as (particle, f0,
+   e_end): it starts at frame f0 (the last frame before it yields) and its
+   last flagged pair ends at frame e_end. Its local elastic strain at f0
+   and e_end is read from the local stress once the site side is known
+   (``local_deviatoric_stress``, calibrate/assemble.py): the threshold and
+   the relaxation in the variable the lattice triggers on. Self change:
+   softness at e_end minus softness at f0. Frame times: consecutive differences of
    the frame table's ``time`` within each avalanche (its saved frames; the
    last frame -> minimised state interval is not a full frame and is left
    out; ``skip_first_interval`` drops the start -> frame 1 interval, which
@@ -127,7 +124,7 @@ from ..particles.state import State
 from ..particles.trajectory import Trajectory
 from . import compression as comp
 from .correlations import pair_correlation
-from .events import find_rearrangements, frame_times, rearrangement_stats, relaxation
+from .events import find_rearrangements, frame_times, rearrangement_stats
 from .fits import quantity
 from .softness_change import SoftnessEvent, self_change, softness_change
 from .strain_fields import FieldEvent, strain_fields
@@ -167,9 +164,6 @@ class ExtractParams:
     corr_frames ("isolated"), corr_r_max (10), corr_dr (0.5; coarser than
     the neighbour-shell structure), corr_floor (0.05), corr_model ("exp"):
     D2min correlation length, fitted from the first bin with pairs.
-    stress_radius (2.5): radius of the neighbourhood whose stress gives a
-    rearranger's local elastic strain (relaxation, definition 5; its area
-    is about one lattice site).
     compression_radius (3.0), compression_min_events (2),
     compression_source ("isolated": the isolated events of definition 1;
     "onsets": every onset of definition 4 inside an avalanche, for data
@@ -204,7 +198,6 @@ class ExtractParams:
     corr_dr: float = 0.5
     corr_floor: float = 0.05
     corr_model: str = "exp"
-    stress_radius: float = 2.5
     compression_radius: float = 3.0
     compression_source: str = "isolated"
     compression_min_events: int = 2
@@ -257,7 +250,6 @@ class ExtractParams:
         check_range(p + "corr_dr", self.corr_dr, 0.0, self.corr_r_max, lo_open=True)
         check_range(p + "corr_floor", self.corr_floor, 0.0, 1.0, lo_open=True, hi_open=True)
         check_range(p + "compression_radius", self.compression_radius, 0.0, lo_open=True)
-        check_range(p + "stress_radius", self.stress_radius, 0.0, lo_open=True)
         check_range(p + "seed", self.seed, 0)
 
 
@@ -316,9 +308,9 @@ class Onsets:
 class Extract:
     """Everything one pass over one trajectory collects (see the module
     docstring for the definitions). ``rearrangements``: one
-    ``events.Rearrangements`` per avalanche; ``e_el``, ``de`` (n, 2) and
-    ``self_dS`` (n,) per rearrangement (relaxation, definition 5);
-    ``self_dS_all`` (m,) the self change of every rearrangement; ``dt``
+    ``events.Rearrangements`` per avalanche; ``runs`` (m, 3) int64
+    (particle, f0, e_end) of every rearrangement run (definition 5);
+    ``self_dS_all`` (m,) the self change of each run; ``dt``
     frame intervals; ``corr`` (r, sum of C x pairs, pairs) per bin;
     ``compression`` [CompressionEvent]; ``elastic`` the file's
     /parameters/elastic; ``n_particles``, ``area`` (Lx Ly), ``n_rows``."""
@@ -328,9 +320,7 @@ class Extract:
     avalanches: list
     onsets: dict
     rearrangements: list
-    e_el: np.ndarray
-    de: np.ndarray
-    self_dS: np.ndarray
+    runs: np.ndarray
     self_dS_all: np.ndarray
     dt: np.ndarray
     corr: tuple
@@ -421,24 +411,26 @@ class _Source:
         """Rows lo..hi are consecutive global frames."""
         return lo >= 0 and int(self.seq["frame"][hi] - self.seq["frame"][lo]) == hi - lo
 
-    def local_dev_stress(self, i, idx):
-        """(len(idx), 2) deviatoric stress (s1, s2) of the disks of radius
-        ``stress_radius`` around particles ``idx`` in row i: the sum of the
-        per-particle virials (particle i included) over the disk area."""
-        x = self.pos(i)
-        state = State(x, self.radii, self.Lx, self.Ly, float(self.seq["gamma"][i]))
-        vir = evaluate(state).virial_per_particle
-        R = self.p.stress_radius
-        off, nbr, _, _ = neighbour_images(x, *self.box(i), R)
-        out = np.empty((len(idx), 2))
-        for j, k in enumerate(idx):
-            v = vir[k] + vir[nbr[off[k]:off[k + 1]]].sum(axis=0)
-            out[j] = 0.5 * (v[0, 0] - v[1, 1]), 0.5 * (v[0, 1] + v[1, 0])
-        return out / (np.pi * R * R)
-
     def deformation(self, lo, hi):
         return local_deformation(self.pos(lo), self.pos(hi), self.radii, *self.box(lo),
                                  *self.box(hi))
+
+
+def local_deviatoric_stress(state, idx, radius) -> np.ndarray:
+    """(len(idx), 2) deviatoric stress (s1, s2) = ((sigma_xx - sigma_yy)/2,
+    sigma_xy) of the disks of ``radius`` (length) around particles ``idx``
+    (State ``state``, any frame, forces balanced or not): the sum of the
+    per-particle virials of the particles whose centres lie in the disk
+    (minimum image, the particle itself included) over the disk's area pi
+    radius^2 (energy/length^2). Divided by 2 mu it is the local elastic
+    deviatoric strain (e1, e2), with a stress-free reference."""
+    vir = evaluate(state).virial_per_particle
+    off, nbr, _, _ = neighbour_images(state.pos, state.Lx, state.Ly, state.gamma, radius)
+    out = np.empty((len(idx), 2))
+    for j, k in enumerate(idx):
+        v = vir[k] + vir[nbr[off[k]:off[k + 1]]].sum(axis=0)
+        out[j] = 0.5 * (v[0, 0] - v[1, 1]), 0.5 * (v[0, 1] + v[1, 0])
+    return out / (math.pi * radius * radius)
 
 
 def _progress(progress, total, desc):
@@ -495,13 +487,12 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
     all_events, avalanches, rearr = [], [], []
     labels = [f"df={d}" for d in p.lags] + ["since_last"]
     ons = {lab: [] for lab in labels}
-    relax_el, relax_de, relax_ds, self_all = [], [], [], []
+    runs, self_all = [], []
     corr_r, corr_s, corr_c = None, None, None
     comp_events, trackers = [], []
     last_end = np.full(n, -1, np.int64)       # e: second frame of the last rearranging pair
     last_S = np.full(n, np.nan)               # softness at e
     onset_row = np.full(n, -1, np.int64)      # f0 of the running rearrangement
-    mu_relaxed = float(src.t.elastic().get("relaxed", {}).get("mu", np.nan))
     prev_flags = np.zeros(n, bool)
     cur_av = None                             # [id, flags rows, eps rows, g2 frames]
     upd, done = _progress(progress, F, desc)
@@ -536,12 +527,7 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
             g = idx[onset_row[idx] == f0]
             S0 = src.row("softness", int(f0))
             self_all.append(S_end[g] - S0[g])
-            if mu_relaxed > 0:
-                s0 = src.local_dev_stress(int(f0), g)
-                s1 = src.local_dev_stress(e_end, g)
-                relax_el.append(s0 / (2 * mu_relaxed))
-                relax_de.append((s1 - s0) / (2 * mu_relaxed))
-                relax_ds.append(S_end[g] - S0[g])
+            runs.append(np.column_stack([g, np.full(g.size, f0), np.full(g.size, e_end)]))
         onset_row[idx] = -1
 
     for i in range(1, F):
@@ -681,7 +667,7 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
     cat1 = (lambda a: np.concatenate(a) if a else np.empty(0))
     return Extract(isolated=isolated, all_events=all_events, avalanches=avalanches,
                    onsets={lab: onsets_of(lab) for lab in labels}, rearrangements=rearr,
-                   e_el=cat2(relax_el), de=cat2(relax_de), self_dS=cat1(relax_ds),
+                   runs=np.concatenate(runs).astype(np.int64) if runs else np.empty((0, 3), np.int64),
                    self_dS_all=cat1(self_all), dt=dt, corr=(corr_r, corr_s, corr_c),
                    compression=comp_events, elastic=tr.elastic(), n_particles=n, area=area,
                    n_rows=F)
@@ -783,16 +769,19 @@ class Measurements:
     yield_strain: {label: YieldStrain} for "df=<lag>" and "since_last".
     onsets: {label: Onsets} (raw, positions-free: particle, row, traj).
     rearrangement_stats: {"frames_per_rearrangement", "plastic_strain"}.
-    relaxation: {"relaxed_fraction", "residual"}.
+    runs: [(m_j, 3) int64 (particle, f0, e_end) per input pair]: every
+        rearrangement run (definition 5), read again with the site side
+        for the yield strain and the relaxation (calibrate/assemble.py).
     frame_time_hist: events.Histogram; time_per_frame: Quantity.
     d2min_corr: {r, C, n_pairs}; correlation_length: CorrelationLength.
-    compression: {"compression_amplitude", "compression_t_centre",
-        "compression_width"}: Quantities.
+    compression: {"compression_p", "compression_t_centre",
+        "compression_width"}: Quantities (p from the region's Q with the
+        relaxed nu, ``compression.compression_fit``).
     elastic: {"lambda_relaxed", "mu_relaxed", "nu_relaxed",
         "lambda_instantaneous", "mu_instantaneous", "nu_instantaneous"}.
     number_density: Quantity (N / V).
     counts: numbers of isolated events, all events, avalanches, onsets per
-        label, rearrangements, relaxation rows, compression events, rows.
+        label, rearrangements, rearrangement runs, compression events, rows.
     inputs: [{"path", "sha256"}] of every trajectory and analysis file.
     params: the ExtractParams as a dict.
     """
@@ -805,7 +794,7 @@ class Measurements:
     yield_strain: dict
     onsets: dict
     rearrangement_stats: dict
-    relaxation: dict
+    runs: list
     frame_time_hist: object
     time_per_frame: object
     d2min_corr: dict
@@ -862,13 +851,9 @@ def measure(pairs, params: ExtractParams = ExtractParams(), progress=None) -> Me
           for lab, o in onsets.items()}
     rearr = [r for ex in exs for r in ex.rearrangements]
     rs = rearrangement_stats(rearr, **kw)
-    rel = relaxation(np.concatenate([ex.e_el for ex in exs]), np.concatenate([ex.de for ex in exs]),
-                     **kw)
     hist, tpf = frame_times(np.concatenate([ex.dt for ex in exs]),
                             bins_per_decade=p.frame_bins_per_decade, **kw)
     curve, xi = d2min_corr_curve(exs, floor=p.corr_floor, model=p.corr_model)
-    cq = comp.compression_fit([c for ex in exs for c in ex.compression], min_events=
-                              p.compression_min_events, radius=p.compression_radius, **kw)
     el = {}
     for kind in ("relaxed", "instantaneous"):
         for key, name, unit in (("lam", "lambda", "energy/length^2"),
@@ -876,6 +861,8 @@ def measure(pairs, params: ExtractParams = ExtractParams(), progress=None) -> Me
             el[f"{name}_{kind}"] = _file_mean(
                 [ex.elastic.get(kind, {}).get(key) for ex in exs], unit,
                 f"{name} ({kind}) of the initial packing, mean over files")
+    cq = comp.compression_fit([c for ex in exs for c in ex.compression], el["nu_relaxed"].value,
+                              min_events=p.compression_min_events, radius=p.compression_radius, **kw)
     rho = _file_mean([ex.n_particles / ex.area for ex in exs], "1/length^2",
                      "number density N/V, mean over files")
     counts = {"files": len(exs), "rows": int(sum(ex.n_rows for ex in exs)),
@@ -883,14 +870,14 @@ def measure(pairs, params: ExtractParams = ExtractParams(), progress=None) -> Me
               "all_rearranger_events": int(sum(len(ex.all_events) for ex in exs)),
               "avalanches": int(sum(len(ex.avalanches) for ex in exs)),
               "rearrangements": int(sum(len(r.particle) for r in rearr)),
-              "relaxation_rows": int(sum(len(ex.e_el) for ex in exs)),
+              "rearrangement_runs": int(sum(len(ex.runs) for ex in exs)),
               "compression_events": int(sum(len(ex.compression) for ex in exs)),
               "frame_intervals": int(sum(len(ex.dt) for ex in exs))}
     counts.update({f"onsets[{lab}]": int(len(o.S)) for lab, o in onsets.items()})
     inputs = [{"path": str(x.resolve()), "sha256": file_sha256(x)} for pr in pairs for x in pr]
     return Measurements(strain_fields=sf, pair_correlation=g2, softness_change=sc,
                         softness_change_near=sc_near, self_change=selfq, yield_strain=ys,
-                        onsets=onsets, rearrangement_stats=rs, relaxation=rel,
+                        onsets=onsets, rearrangement_stats=rs, runs=[ex.runs for ex in exs],
                         frame_time_hist=hist, time_per_frame=tpf, d2min_corr=curve,
                         correlation_length=xi, compression=cq, elastic=el, number_density=rho,
                         counts=counts, inputs=inputs, params=asdict(p))

@@ -29,12 +29,12 @@ Fits (``Quantity``, n = events; errors by bootstrap over events):
 - k_sin2: a, pooled over the bins in ``fit_range`` (one a and a' for all
   bins, a separate intercept per bin); for the SPEC.md section 5 far
   field of a unit source, a = (nu - 1)/(2 pi);
-- compression_amplitude Q and compression_length w: the isotropic part of
-  k fitted as a Gaussian compression source,
-  k_iso(r) = Q / (2 pi w^2) exp(-r^2 / (2 w^2)), so that Q is the
-  half-trace x area of the compression (the integral of k_iso over the
-  plane, > 0 for dilation; length^2, the calibration file's
-  ``compression_amplitude`` when the frame pair spans the transient) and w
+- k_iso_q Q and compression_length w: the isotropic part of k of one
+  frame pair fitted as a Gaussian, k_iso(r) = Q / (2 pi w^2)
+  exp(-r^2 / (2 w^2)), so that Q is its half-trace x area (the integral of
+  k_iso over the plane, > 0 for dilation; length^2; reported only: the
+  source's p comes from the region followed over time,
+  ``calibrate.compression``) and w
   its spatial width (length; for the diffusive transient w^2 = 2 D_L t,
   not the file's ``compression_width``, which is a time). Each bin's
   model is the exact annulus average
@@ -80,7 +80,7 @@ class StrainFields:
     """Result of ``strain_fields``: ``profiles`` {name: Curve} for
     PROFILES + ("k_sin2", "k_iso"), ``maps`` {name: Map} for MAPS,
     ``fits`` {name: Quantity} for c_dev, bg_dev, c_xy, bg_xy, k_sin2,
-    compression_amplitude, compression_length; ``n_events``."""
+    k_iso_q, compression_length; ``n_events``."""
 
     profiles: dict
     maps: dict
@@ -214,7 +214,7 @@ def strain_fields(events, r_edges=np.arange(0.5, 15.01, 0.5), n_theta=16, fit_ra
              ("c_xy", fit_range, "strain x length^2", "<|eps_xy|>_theta = c_xy / r^2 + bg_xy"),
              ("bg_xy", fit_range, "strain", "background of <|eps_xy|>_theta = c_xy / r^2 + bg_xy"),
              ("k_sin2", fit_range, "strain x length^2", "a in k = a sin(2 theta) / r^2 + ..., pooled"),
-             ("compression_amplitude", iso_range, "length^2",
+             ("k_iso_q", iso_range, "length^2",
               "Q in k_iso = Q exp(-r^2 / 2 w^2) / (2 pi w^2) (half-trace x area)"),
              ("compression_length", iso_range, "length", "w in k_iso = Q exp(-r^2 / 2 w^2) / (2 pi w^2)")]
     fits = {name: quantity(val["fits"][j], err["fits"][j], n_ev, rng, unit, desc,

@@ -8,7 +8,7 @@ before any particle data exists (``placeholder_calibration`` documents each
 of them). The full schema, field by field, is docs/calibration.md.
 
 Format: JSON (human-readable), UTF-8, schema ``step-calibration`` version
-``SCHEMA_VERSION`` (= 2; version 1 files are still read, see below). Units
+``SCHEMA_VERSION`` (= 3; older versions are refused, see below). Units
 are particle units (SPEC.md section 0): lengths in small-particle
 diameters, energies in the pair prefactor, time in the overdamped unit
 (unit drag per particle). NaN is written as JSON ``null``.
@@ -16,7 +16,7 @@ diameters, energies in the pair prefactor, time in the overdamped unit
 Top level::
 
     schema, schema_version, calibrated (bool), description, code_version,
-    config (v2: the resolved config text of the producing run),
+    config (the resolved config text of the producing run),
     inputs: [{"path": str, "sha256": str}, ...]      (hashes of the inputs)
     scalars: {name: quantity}
     curves:  {name: curve}
@@ -43,14 +43,16 @@ Required curves (every array a JSON list; ``n`` per point is a sample size):
 - ``p_s``: P(S) of the site-averaged softness (SPEC.md section 5: the mean
   particle softness over a site-sized region): histogram ``edges`` (nb + 1,
   increasing), ``density`` (nb, >= 0, integrating to 1), ``n`` (nb counts).
-- ``yield_strain``: quantiles of the yield strain eps_y (the eps_dev of the
-  strain accumulated since the last rearrangement at which a site yields,
-  SPEC.md section 4 item 5) given the site-averaged softness: ``s``
+- ``yield_strain``: quantiles of the yield strain eps_y given the
+  site-averaged softness, in the variable the lattice triggers on: the
+  local elastic deviatoric strain eps_dev at onset, from the deviatoric
+  stress of a site-sized region around the rearranger divided by
+  2 mu_relaxed (SPEC.md section 4 item 5): ``s``
   (nS, uniform grid), ``u`` (nU, uniform grid in [0, 1], the quantile
   levels), ``value`` (nS, nU, > 0, non-decreasing along u), ``error``
   (nS, nU), ``n`` (nS samples per S bin).
 
-Optional curves (v2): ``g2`` (rearranger pair correlation per frame lag,
+Optional curves: ``g2`` (rearranger pair correlation per frame lag,
 with power-law tail fits), ``strain_profiles`` (radial strain profiles
 around an isolated rearranger), ``frame_times`` (histogram of the time
 between particle frames), ``yield_strain_by_lag`` ({label: yield table}),
@@ -58,10 +60,18 @@ between particle frames), ``yield_strain_by_lag`` ({label: yield table}),
 all particles and of rearrangers). Their formats are in docs/calibration.md
 and in the validators below.
 
-Version 1 files: read with the version 1 rules (every v1 scalar, residual
-included, and the four v1 curves required; no optional entry, no
-``config``); in memory they are a v2 calibration without the optional
-entries, and ``dumps`` writes version 2.
+Conventions fixed in version 3 (and why older files are refused rather
+than converted): ``compression_p`` is the plastic half-trace x area p of
+the rearrangement's volumetric source (p > 0: the source dilates, its
+surroundings are compressed: outside field -(1 + nu)/2 p H(r, t)); a
+version 2 ``compression_amplitude`` was the rearranger region's own
+half-trace x area, which the lattice used with the wrong sign. The yield
+table is the local elastic strain from the stress (version 1 and 2: the
+J strain since the last rearrangement, which has no stress-free reference
+and gave a lattice stress ~10x the particles'). ``source_strength`` (new)
+ties a lattice rearrangement's far field to the particles'. A version 1
+or 2 file cannot be made to mean this without the trajectories: rerun
+step-calibrate.
 """
 
 import hashlib
@@ -75,9 +85,13 @@ from pathlib import Path
 import numpy as np
 
 SCHEMA = "step-calibration"
-SCHEMA_VERSION = 2
-#: versions this code reads (older ones by their own rules)
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+#: the versions this code reads
+READABLE_VERSIONS = (3,)
+#: why a file of an older version is refused (module docstring)
+OLD_VERSION_NOTE = ("version 3 changed the compression's sign convention (compression_p), the "
+                    "yield strain's variable (local elastic strain from the stress) and added "
+                    "source_strength; an older file cannot be converted: rerun step-calibrate")
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "default_calibration.json"
 
 
@@ -98,12 +112,13 @@ SCALARS = {
     "number_density": ("1/length^2", "N/V; the continuum drag per unit area eta", 0.0, None, True, False),
     "site_size": ("length", "lattice site side a (about one rearrangement)", 0.0, None, True, False),
     "time_per_frame": ("time", "time dt of one lattice frame (mean time between particle frames)", 0.0, None, True, False),
-    "compression_amplitude": ("length^2", "half-trace x area of a rearrangement's transient compression (> 0: dilation)", None, None, False, False),
+    "compression_p": ("length^2", "plastic half-trace x area p of a rearrangement's volumetric source (> 0: the source dilates; outside field -(1 + nu)/2 p H(r, t))", None, None, False, False),
     "compression_t_centre": ("time", "centre of the Gaussian compression rate after the rearrangement starts", 0.0, None, False, False),
     "compression_width": ("time", "standard deviation of the Gaussian compression rate", 0.0, None, True, False),
     "softness_b": ("1/strain", "b in dS = ... + b k (per-frame volumetric strain)", None, None, False, False),
     "self_change": ("softness", "the rearranger's own softness change, after minus before", None, None, False, False),
     "relaxed_fraction": ("1", "fraction of the local elastic deviatoric strain a rearrangement relaxes", 0.0, 1.0, True, False),
+    "source_strength": ("length^2", "plastic deviatoric strain x area a rearrangement releases per unit local elastic deviatoric strain (e1, e2) at its onset, from its far field", 0.0, None, True, False),
     "frames_per_rearrangement": ("frames", "frames a rearrangement lasts", 1.0, None, False, False),
     # -- optional: reported, not read by the lattice -----------------------
     "residual": ("strain (eps_dev)", "eps_dev of the local elastic strain a rearrangement leaves", 0.0, None, False, False),
@@ -114,26 +129,23 @@ SCALARS = {
     "k_sin2": ("strain x length^2", "a in k = a sin(2 theta) / r^2 + ... (pooled over the fit range)", None, None, False, False),
     "compression_length": ("length", "spatial width w of the isotropic compression k_iso = Q exp(-r^2/2w^2)/(2 pi w^2)", 0.0, None, True, False),
     "plastic_strain": ("strain (eps_dev)", "eps_dev released per rearrangement, summed over its frames", 0.0, None, False, False),
-    "yield_a": ("strain (eps_dev)", "a in the median yield strain eps_y = a + b S (site S, since the last rearrangement)", None, None, False, False),
-    "yield_b": ("strain (eps_dev)/softness", "b in the median yield strain eps_y = a + b S (site S, since the last rearrangement)", None, None, False, False),
+    "yield_a": ("strain (eps_dev)", "a in the median yield strain eps_y = a + b S (site S, local elastic strain at onset)", None, None, False, False),
+    "yield_b": ("strain (eps_dev)/softness", "b in the median yield strain eps_y = a + b S (site S, local elastic strain at onset)", None, None, False, False),
     "d2min_length": ("length", "D2min correlation length xi (size of a rearrangement)", 0.0, None, True, False),
 }
 #: the scalars the lattice reads or checks (a v2 file must have them all)
 REQUIRED_SCALARS = ("lambda_relaxed", "mu_relaxed", "nu_relaxed", "lambda_instantaneous",
                     "mu_instantaneous", "nu_instantaneous", "number_density", "site_size",
-                    "time_per_frame", "compression_amplitude", "compression_t_centre",
+                    "time_per_frame", "compression_p", "compression_t_centre",
                     "compression_width", "softness_b", "self_change", "relaxed_fraction",
-                    "frames_per_rearrangement")
+                    "source_strength", "frames_per_rearrangement")
 OPTIONAL_SCALARS = tuple(n for n in SCALARS if n not in REQUIRED_SCALARS)
-#: version 1: exactly these, all required
-V1_SCALARS = REQUIRED_SCALARS + ("residual",)
 
 RADIAL_CURVES = ("c0", "c1")
 REQUIRED_CURVES = RADIAL_CURVES + ("p_s", "yield_strain")
 OPTIONAL_CURVES = ("g2", "strain_profiles", "frame_times", "yield_strain_by_lag", "p_s_particles",
                    "p_s_rearrangers")
 CURVES = REQUIRED_CURVES + OPTIONAL_CURVES
-V1_CURVES = REQUIRED_CURVES
 #: radial strain profiles (``strain_profiles.profiles``): required, then optional
 PROFILES = ("k", "eps_dev", "eps_xy", "abs_k", "abs_eps_xy")
 OPTIONAL_PROFILES = ("k_sin2", "k_iso")
@@ -172,9 +184,7 @@ class Calibration:
     """A validated calibration: ``scalars`` {name: Quantity} (every required
     one, and the optional ones present); ``curves`` {name: curve} with
     numpy arrays and Quantity fits (formats in the module docstring and
-    docs/calibration.md). ``read_version`` is the schema version of the
-    file it was read from (informative; ``dumps`` always writes
-    SCHEMA_VERSION)."""
+    docs/calibration.md)."""
 
     scalars: dict
     curves: dict
@@ -184,7 +194,6 @@ class Calibration:
     inputs: list | None = None
     source: str = "<memory>"
     config: str = ""
-    read_version: int = field(default=SCHEMA_VERSION, compare=False)
 
     def __getitem__(self, name):
         """Value of a scalar."""
@@ -262,7 +271,7 @@ def _jsonify(x):
 # --------------------------------------------------------------------------
 
 def load_calibration(path="default"):
-    """Read and validate a calibration file (version 1 or 2); ``"default"``
+    """Read and validate a calibration file (version 3); ``"default"``
     is the shipped placeholder file. Raises CalibrationError (naming the
     file and field)."""
     p = DEFAULT_PATH if str(path) == "default" else Path(path)
@@ -293,7 +302,7 @@ def save_calibration(cal, path):
 
 
 def parse_calibration(data, source="<memory>"):
-    """Validate a decoded JSON object (schema version 1 or 2) and build a Calibration."""
+    """Validate a decoded JSON object (schema version 3) and build a Calibration."""
     err = _Err(source)
     if not isinstance(data, dict):
         err("", "the top level must be a JSON object")
@@ -301,16 +310,16 @@ def parse_calibration(data, source="<memory>"):
         err("schema", f"must be {SCHEMA!r}, got {data.get('schema')!r}")
     ver = data.get("schema_version")
     if isinstance(ver, bool) or ver not in READABLE_VERSIONS:
-        err("schema_version", f"this code reads versions {', '.join(map(str, READABLE_VERSIONS))}, got {ver!r}")
-    v1 = ver == 1
-    if not v1:
-        unknown = sorted(set(data) - set(TOP_LEVEL))
-        if unknown:
-            err(unknown[0], f"unknown top-level entry (known: {', '.join(TOP_LEVEL)})")
+        older = isinstance(ver, int) and not isinstance(ver, bool) and ver < SCHEMA_VERSION
+        err("schema_version", f"this code reads version {SCHEMA_VERSION}, got {ver!r}"
+            + (f": {OLD_VERSION_NOTE}" if older else ""))
+    unknown = sorted(set(data) - set(TOP_LEVEL))
+    if unknown:
+        err(unknown[0], f"unknown top-level entry (known: {', '.join(TOP_LEVEL)})")
     calibrated = data.get("calibrated")
     if not isinstance(calibrated, bool):
         err("calibrated", "must be true or false")
-    for key in ("description", "code_version") + (() if v1 else ("config",)):
+    for key in ("description", "code_version", "config"):
         if key in data and not isinstance(data[key], str):
             err(key, f"must be a string, got {type(data[key]).__name__}")
     inputs = data.get("inputs", [])
@@ -319,13 +328,13 @@ def parse_calibration(data, source="<memory>"):
             for i in inputs):
         err("inputs", "must be a list of {path, sha256}")
 
-    required, allowed = (V1_SCALARS, V1_SCALARS) if v1 else (REQUIRED_SCALARS, tuple(SCALARS))
+    required, allowed = REQUIRED_SCALARS, tuple(SCALARS)
     scal = data.get("scalars")
     if not isinstance(scal, dict):
         err("scalars", "missing or not an object")
     unknown = sorted(set(scal) - set(allowed))
     if unknown:
-        err(f"scalars.{unknown[0]}", f"unknown scalar in a version {ver} file (known: {', '.join(allowed)})")
+        err(f"scalars.{unknown[0]}", f"unknown scalar (known: {', '.join(allowed)})")
     for name in required:
         if name not in scal:
             err(f"scalars.{name}", "missing")
@@ -353,31 +362,30 @@ def parse_calibration(data, source="<memory>"):
                 err(f"scalars.nu_{kind}.value",
                     f"{nu!r} != lambda/(lambda + 2 mu) = {lam / (lam + 2 * mu)!r}")
 
-    required, allowed = (V1_CURVES, V1_CURVES) if v1 else (REQUIRED_CURVES, CURVES)
+    required, allowed = REQUIRED_CURVES, CURVES
     cur = data.get("curves")
     if not isinstance(cur, dict):
         err("curves", "missing or not an object")
     unknown = sorted(set(cur) - set(allowed))
     if unknown:
-        err(f"curves.{unknown[0]}", f"unknown curve in a version {ver} file (known: {', '.join(allowed)})")
+        err(f"curves.{unknown[0]}", f"unknown curve (known: {', '.join(allowed)})")
     for name in required:
         if name not in cur:
             err(f"curves.{name}", "missing or not an object")
     for name in cur:
         if not isinstance(cur[name], dict):
             err(f"curves.{name}", "missing or not an object")
-    strict = not v1  # v2: unknown keys inside a curve are refused (v1 ignored them)
     curves = {}
     for name in [n for n in CURVES if n in cur]:
         d, f = cur[name], f"curves.{name}"
         if name in RADIAL_CURVES:
-            curves[name] = _radial_curve(d, f, err, strict)
+            curves[name] = _radial_curve(d, f, err)
         elif name in ("p_s", "p_s_particles", "p_s_rearrangers"):
-            curves[name] = _histogram(d, f, err, strict)
+            curves[name] = _histogram(d, f, err)
         elif name == "frame_times":
-            curves[name] = _histogram(d, f, err, strict, positive=True)
+            curves[name] = _histogram(d, f, err, positive=True)
         elif name == "yield_strain":
-            curves[name] = _yield_table(d, f, err, strict)
+            curves[name] = _yield_table(d, f, err)
         elif name == "yield_strain_by_lag":
             curves[name] = _yield_tables(d, f, err)
         elif name == "g2":
@@ -387,7 +395,7 @@ def parse_calibration(data, source="<memory>"):
     return Calibration(scalars=scalars, curves=curves, calibrated=calibrated,
                        description=str(data.get("description", "")),
                        code_version=str(data.get("code_version", "")), inputs=inputs, source=source,
-                       config="" if v1 else str(data.get("config", "")), read_version=ver)
+                       config=str(data.get("config", "")))
 
 
 def _range_text(lo, hi, lo_open, hi_open):
@@ -404,18 +412,17 @@ class _Err:
         raise CalibrationError(f"calibration {self.source}:{where} {msg}")
 
 
-def _keys(d, field, err, required, optional=(), strict=True):
-    """``d`` must be an object with every ``required`` key; with ``strict``
-    no key outside ``required + optional``."""
+def _keys(d, field, err, required, optional=()):
+    """``d`` must be an object with every ``required`` key and no key
+    outside ``required + optional``."""
     if not isinstance(d, dict):
         err(field, "must be an object")
     for key in required:
         if key not in d:
             err(f"{field}.{key}", "missing")
-    if strict:
-        unknown = sorted(set(d) - set(required) - set(optional))
-        if unknown:
-            err(f"{field}.{unknown[0]}", f"unknown entry (known: {', '.join(tuple(required) + tuple(optional))})")
+    unknown = sorted(set(d) - set(required) - set(optional))
+    if unknown:
+        err(f"{field}.{unknown[0]}", f"unknown entry (known: {', '.join(tuple(required) + tuple(optional))})")
 
 
 def _float(x, field, err):
@@ -501,11 +508,11 @@ def _radii(d, field, err):
     return r
 
 
-def _power_fit(fit, field, err, strict=True):
+def _power_fit(fit, field, err):
     """{amplitude: q, exponent: q, sign: +1/-1}: sign * amplitude * r^-exponent."""
     if not isinstance(fit, dict):
         err(field, "missing: the power-law tail fit {amplitude, exponent, sign}")
-    _keys(fit, field, err, (), ("amplitude", "exponent", "sign"), strict)
+    _keys(fit, field, err, (), ("amplitude", "exponent", "sign"))
     sign = fit.get("sign")
     if isinstance(sign, bool) or sign not in (1, -1):
         err(f"{field}.sign", f"must be +1 or -1, got {sign!r}")
@@ -516,8 +523,8 @@ def _power_fit(fit, field, err, strict=True):
     return {"amplitude": amp, "exponent": expo, "sign": int(sign)}
 
 
-def _radial_curve(d, field, err, strict=True):
-    _keys(d, field, err, (), ("r", "value", "error", "n", "fit"), strict)
+def _radial_curve(d, field, err):
+    _keys(d, field, err, (), ("r", "value", "error", "n", "fit"))
     r = _radii(d, field, err)
     out = {"r": r}
     for key in ("value", "error"):
@@ -528,12 +535,12 @@ def _radial_curve(d, field, err, strict=True):
             err(f"{field}.{key}", f"length {out[key].size} != length of r ({r.size})")
     if not np.all(np.isfinite(out["value"])):
         err(f"{field}.value", "must be finite (the lattice interpolates it: drop bins without data)")
-    out["fit"] = _power_fit(d.get("fit"), f"{field}.fit", err, strict)
+    out["fit"] = _power_fit(d.get("fit"), f"{field}.fit", err)
     return out
 
 
-def _histogram(d, field, err, strict=True, positive=False):
-    _keys(d, field, err, (), ("edges", "density", "n"), strict)
+def _histogram(d, field, err, positive=False):
+    _keys(d, field, err, (), ("edges", "density", "n"))
     edges = _array(d, "edges", field, err)
     _increasing(edges, f"{field}.edges", err)
     if positive and edges[0] <= 0:
@@ -554,11 +561,11 @@ _YIELD_KEYS = ("s", "u", "value", "error", "n")
 _YIELD_EXTRA = ("mean", "mean_error", "fit", "description")
 
 
-def _yield_table(d, field, err, strict=True, empty_rows=False, extras=False):
+def _yield_table(d, field, err, empty_rows=False, extras=False):
     """The yield-strain quantile table. ``empty_rows``: a row may be all NaN
     (an S bin with too little data; reported tables only). ``extras``: the
     optional mean, mean_error (nS), fit {a, b} and description."""
-    _keys(d, field, err, (), _YIELD_KEYS + (_YIELD_EXTRA if extras else ()), strict)
+    _keys(d, field, err, (), _YIELD_KEYS + (_YIELD_EXTRA if extras else ()))
     s = _array(d, "s", field, err)
     _increasing(s, f"{field}.s", err, uniform=True)
     u = _array(d, "u", field, err)
@@ -616,7 +623,7 @@ def _yield_tables(d, field, err):
     for label, table in d.items():
         if not re.fullmatch(LABEL_PATTERN, label):
             err(f"{field}.{label}", f"label must match {LABEL_PATTERN}")
-        out[label] = _yield_table(table, f"{field}.{label}", err, strict=True, empty_rows=True, extras=True)
+        out[label] = _yield_table(table, f"{field}.{label}", err, empty_rows=True, extras=True)
     return out
 
 
@@ -676,6 +683,17 @@ def _strain_profiles(d, field, err):
 PLACEHOLDER = "placeholder: not measured (default file, see lattice/calibration.py)"
 
 
+def continuum_source_strength(phi, nu, a):
+    """The source strength kappa (plastic strain x area per unit local
+    elastic strain, length^2) of a continuum circular inclusion of the
+    site's area a^2 that relaxes the fraction ``phi`` of its own elastic
+    deviatoric strain: its interior elastic strain changes by -(1 + nu)/4
+    times its plastic strain (2-D Eshelby, nu the 2-D Poisson ratio), so
+    kappa = 4 phi a^2 / (1 + nu). The fallback when the far field was not
+    measured (calibrate/assemble.py) and the placeholder's value."""
+    return 4.0 * phi * a * a / (1.0 + nu)
+
+
 def placeholder_calibration():
     """The default calibration (``calibrated: false``): plausible magnitudes only.
 
@@ -685,9 +703,12 @@ def placeholder_calibration():
       mu ~ 0.03 (n = 1 packing, so errors are guesses of 20 %).
     - number density N/V = 0.9 / (pi (0.5^2 + 0.7^2)/2) (exact for phi = 0.9).
     - site size 5 (a rearrangement involves ~10-20 particles), time per
-      frame 20, compression amplitude 0.05 (dilation, half-trace x area),
-      rate centred 30 after the start with width 10 (1.5 and 0.5 frames):
-      guesses.
+      frame 20, compression source p = 0.05 (the source dilates; plastic
+      half-trace x area), rate centred 30 after the start with width 10
+      (1.5 and 0.5 frames): guesses.
+    - source strength: ``continuum_source_strength`` (the circular
+      inclusion of the site's area that relaxes the fraction phi of its
+      own strain) = 4 x 0.5 x 25 / 1.76 = 28.4.
     - c0(r) = 0.06 r^-3, c1(r) = -0.01 r^-3 per frame for r >= 1 (held at
       the r = 1 value inside): softening near a rearrangement that decays
       with distance, and a weak relaxation of S towards <S> (order of
@@ -699,11 +720,10 @@ def placeholder_calibration():
     - P(S) of site-averaged S: Gaussian, mean -0.5, sd 0.5, on [-3, 2].
     - yield strain given S: Weibull, shape 2, scale 0.06 exp(-0.3 S)
       (eps_dev units), quantiles u = 0.005 ... 0.995, S = -2 ... 1.
-    - relaxed fraction 0.5, residual 0.02, frames per rearrangement 3.
+    - relaxed fraction 0.5, frames per rearrangement 3.
 
-    Of the optional (reported-only) entries only ``residual`` is present
-    (it was required in version 1); the other optional scalars and curves
-    are measurements with no meaningful placeholder and are absent.
+    The optional (reported-only) scalars and curves are measurements with
+    no meaningful placeholder and are absent.
     """
     def q(value, rel_err=0.2, unit=""):
         return Quantity(float(value), abs(float(value)) * rel_err, 0, None, unit, "", PLACEHOLDER)
@@ -720,10 +740,11 @@ def placeholder_calibration():
         "nu_instantaneous": q(0.133 / (0.133 + 0.232), 0.05),
         "number_density": Quantity(density, 0.0, 0, None, "", "", PLACEHOLDER),
         "site_size": q(5.0), "time_per_frame": q(20.0, 0.5),
-        "compression_amplitude": q(0.05, 0.5), "compression_t_centre": q(30.0, 0.5),
+        "compression_p": q(0.05, 0.5), "compression_t_centre": q(30.0, 0.5),
         "compression_width": q(10.0, 0.5), "softness_b": q(5.0, 0.5),
         "self_change": q(round(self_change, 6), 0.3), "relaxed_fraction": q(0.5),
-        "residual": q(0.02, 0.5), "frames_per_rearrangement": q(frames, 0.3),
+        "source_strength": q(round(continuum_source_strength(0.5, 0.19 / 0.25, 5.0), 6)),
+        "frames_per_rearrangement": q(frames, 0.3),
     }
     r = np.arange(1.0, 10.01, 0.5)
 

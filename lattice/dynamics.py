@@ -8,9 +8,10 @@ Conventions (the caller, ``model.py``, owns the arrays):
 
 - Fields are C-contiguous float64 arrays of shape (L, L), indexed
   ``f[ix, iy]``; a site's flat index is ``ix * L + iy``.
-- Strains are the site's elastic (k, e1, e2); (r1, r2) the elastic
-  deviatoric strain its last rearrangement left (the residual), so the
-  strain accumulated since that rearrangement is (e1 - r1, e2 - r2).
+- Strains are the site's elastic (k, e1, e2). The trigger compares the
+  site's elastic deviatoric strain itself (it has a stress-free reference:
+  e = local stress / 2 mu) with its threshold, measured in the same
+  variable by calibrate/ (SPEC.md section 4, item 5).
 - ``busy[i]`` counts the frames a site still has to release plastic strain
   (0: not rearranging). A busy site cannot trigger.
 - The yield strain eps_y = F^-1(u | S) is a bilinear interpolation of the
@@ -22,8 +23,8 @@ Conventions (the caller, ``model.py``, owns the arrays):
   decision. The caller refreshes an entry whenever it draws a new u
   (model.py); the loading step refreshes the entries it interpolates or
   finds loose.
-- Trigger modes: 0 = eps_dev = 2 sqrt(d1^2 + d2^2) >= eps_y;
-  1 = e2 only, 2 |d2| >= eps_y.
+- Trigger modes: 0 = eps_dev = 2 sqrt(e1^2 + e2^2) >= eps_y;
+  1 = e2 only, 2 |e2| >= eps_y.
 - Kernel planes ``Q[c, qx, qy]`` hold, for a unit plastic source, the
   response at the site offset (qx, qy), 0 <= qx, qy <= L // 2, for
   c = 0, 1: k per source e1, e2; 2: e1 per e1; 3: e1 per e2 = e2 per e1
@@ -93,8 +94,8 @@ def _bound(sv, yr, sr, lip):
 
 @njit(cache=True, inline="always")
 def _over(q1, q2, sv, u, ix, iy, yr, sr, lip, ytab, s0, sinv, u0, uinv, mode):
-    """Whether site (ix, iy) with strain (q1, q2) since its last
-    rearrangement, softness sv and quantile u[ix, iy] is at or over its
+    """Whether site (ix, iy) with elastic deviatoric strain (q1, q2),
+    softness sv and quantile u[ix, iy] is at or over its
     threshold eps_y = F^-1(u | sv); the bound (``_bound``, cache entry yr,
     sr) decides most sites without the interpolation (and without reading
     u), with the same decision."""
@@ -114,7 +115,7 @@ def _over(q1, q2, sv, u, ix, iy, yr, sr, lip, ytab, s0, sinv, u0, uinv, mode):
 @njit(cache=True, inline="always")
 def _load_x(h, d1, d2, mode):
     """Uniform e2 increment x >= 0 that brings a site with half-threshold h
-    and strain d since its last rearrangement to threshold (increasing in h)."""
+    and elastic deviatoric strain d to threshold (increasing in h)."""
     if mode == 0:
         rr = h * h - d1 * d1
         if rr <= 0.0 or d1 * d1 + d2 * d2 >= h * h:
@@ -126,10 +127,10 @@ def _load_x(h, d1, d2, mode):
 
 
 @njit(cache=True)
-def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode):
+def loading_step(e1, e2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode):
     """Smallest uniform e2 increment x >= 0 that brings a site to threshold.
 
-    Per site with d = (e1 - r1, e2 - r2): mode 0 solves
+    Per site with d = (e1, e2): mode 0 solves
     4 (d1^2 + (d2 + x)^2) = eps_y^2 for its positive root
     x = sqrt(eps_y^2/4 - d1^2) - d2; mode 1 solves 2 (d2 + x) = eps_y.
     A site already at or over threshold gives x = 0. Busy sites are skipped.
@@ -146,8 +147,8 @@ def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sre
             if busy[ix, iy] > 0:
                 continue
             sv = s[ix, iy]
-            d1 = e1[ix, iy] - r1[ix, iy]
-            d2 = e2[ix, iy] - r2[ix, iy]
+            d1 = e1[ix, iy]
+            d2 = e2[ix, iy]
             yr = yref[ix, iy]
             yb = _bound(sv, yr, sref[ix, iy], lip)
             if yb > 0.0 and yb > 0.99 * yr and _load_x(0.5 * yb, d1, d2, mode) >= best:
@@ -161,7 +162,7 @@ def loading_step(e1, e2, r1, r2, s, u, busy, ytab, s0, sinv, u0, uinv, yref, sre
 
 
 @njit(cache=True)
-def relax_and_check(k, s, kt, b, soft_on, e1, e2, r1, r2, u, busy, ytab, s0, sinv, u0, uinv,
+def relax_and_check(k, s, kt, b, soft_on, e1, e2, u, busy, ytab, s0, sinv, u0, uinv,
                     yref, sref, lip, mode, out):
     """End of an avalanche: the pending transient kt relaxes (k -= kt and,
     if soft_on, S -= b kt), then the flat indices of the non-busy sites at
@@ -178,7 +179,7 @@ def relax_and_check(k, s, kt, b, soft_on, e1, e2, r1, r2, u, busy, ytab, s0, sin
                 s[ix, iy] = sv
             if busy[ix, iy] > 0:
                 continue
-            if _over(e1[ix, iy] - r1[ix, iy], e2[ix, iy] - r2[ix, iy], sv, u, ix, iy,
+            if _over(e1[ix, iy], e2[ix, iy], sv, u, ix, iy,
                      yref[ix, iy], sref[ix, iy], lip, ytab, s0, sinv, u0, uinv, mode):
                 out[n] = ix * L2 + iy
                 n += 1
@@ -286,35 +287,35 @@ def window_sum(src, idx, lo, width, off, planes, uni, amp, out):
 
 
 @njit(cache=True)
-def start_sites(sites, e1, e2, k, s, r1, r2, u, dp1, dp2, busy, phi, self1, self2, n_frames,
+def start_sites(sites, e1, e2, k, s, u, dp1, dp2, busy, kappa, n_frames,
                 ytab, s0, sinv, u0, uinv, rec):
     """Rearrangements starting at the flat ``sites``: plastic strain
-    p = -phi e / self term of the site's elastic (e1, e2), released as
-    p / n_frames per frame (dp1, dp2; busy = n_frames). Writes the record
-    rows rec[:, j] = (k, e1, e2, d1, d2, eps_y, p1, p2, S) of site j."""
-    kf, e1f, e2f, sf = k.ravel(), e1.ravel(), e2.ravel(), s.ravel()
-    r1f, r2f, uf = r1.ravel(), r2.ravel(), u.ravel()
+    p = kappa e of the site's elastic (e1, e2) (same orientation; kappa the
+    calibrated source strength in site areas, model.LatticeParams),
+    released as p / n_frames per frame (dp1, dp2; busy = n_frames). Writes
+    the record rows rec[:, j] = (k, e1, e2, eps_y, p1, p2, S) of site j."""
+    kf, e1f, e2f, sf, uf = k.ravel(), e1.ravel(), e2.ravel(), s.ravel(), u.ravel()
     dp1f, dp2f, bf = dp1.ravel(), dp2.ravel(), busy.ravel()
     for j in range(sites.size):
         i = sites[j]
         a, c = e1f[i], e2f[i]
-        p1 = -phi * a / self1
-        p2 = -phi * c / self2
+        p1 = kappa * a
+        p2 = kappa * c
         dp1f[i] = p1 / n_frames
         dp2f[i] = p2 / n_frames
         bf[i] = n_frames
         rec[0, j], rec[1, j], rec[2, j] = kf[i], a, c
-        rec[3, j], rec[4, j] = a - r1f[i], c - r2f[i]
-        rec[5, j] = _yield(uf[i], sf[i], ytab, s0, sinv, u0, uinv)
-        rec[6, j], rec[7, j], rec[8, j] = p1, p2, sf[i]
+        rec[3, j] = _yield(uf[i], sf[i], ytab, s0, sinv, u0, uinv)
+        rec[4, j], rec[5, j], rec[6, j] = p1, p2, sf[i]
 
 
 @njit(cache=True)
-def complete_sites(sites, unew, s, r1, r2, u, yref, sref, ytab, s0, sinv, u0, uinv, rec):
+def complete_sites(sites, unew, s, e1, e2, u, yref, sref, ytab, s0, sinv, u0, uinv, rec):
     """Releases completed at the flat ``sites``: the new quantiles unew go
     to u and the threshold cache follows (yref = eps_y(unew, S), sref = S).
-    Writes rec[:, j] = (S, r1, r2) of site j."""
-    sf, r1f, r2f, uf = s.ravel(), r1.ravel(), r2.ravel(), u.ravel()
+    Writes rec[:, j] = (S, e1, e2) of site j: its softness and the elastic
+    strain the rearrangement left (the residual)."""
+    sf, e1f, e2f, uf = s.ravel(), e1.ravel(), e2.ravel(), u.ravel()
     yf, srf = yref.ravel(), sref.ravel()
     for j in range(sites.size):
         i = sites[j]
@@ -322,7 +323,7 @@ def complete_sites(sites, unew, s, r1, r2, u, yref, sref, ytab, s0, sinv, u0, ui
         uf[i] = unew[j]
         srf[i] = sv
         yf[i] = _yield(unew[j], sv, ytab, s0, sinv, u0, uinv)
-        rec[0, j], rec[1, j], rec[2, j] = sv, r1f[i], r2f[i]
+        rec[0, j], rec[1, j], rec[2, j] = sv, e1f[i], e2f[i]
 
 
 @njit(cache=True)
@@ -513,7 +514,7 @@ def _add_source_row(row, Q, L1, dx, sy, a, bb, nc):
 
 
 @njit(cache=True)
-def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
+def frame_pass(e1, e2, k, s, u, busy, dp1, dp2,
                use_rs, src, sdp1, sdp2, Q, inc, use_dkt, dkt,
                tsrc, tage, tlo, tw, toff, tplanes, tuni, tamp,
                smean, b, self_frame, soft_on, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode,
@@ -534,8 +535,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
     Every site: k, e1, e2 += (dk, de1, de2); if soft_on,
     S += C0 + C1 (S - smean) + b dk (smean: the lattice mean S before the
     frame). A busy site also gets S += self_frame, releases one frame
-    (busy -= 1) and, when its release completes, takes its elastic
-    (e1, e2) as the new residual (r1, r2) and is listed in ``done``.
+    (busy -= 1) and, when its release completes, is listed in ``done``.
     Every other non-busy site at or over threshold (with the updated S;
     the decision of ``_over`` with the cache yref, sref, lip) is listed in
     ``over``. Lists are in increasing flat index.
@@ -598,7 +598,7 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
             a = tage[j]
             w = tw[a]
             _add_window_row(w0, tplanes, toff[a] + ent_t[e] * w, w, (tsrc[j] % L2 + tlo[a]) % L2, tamp)
-        ke, e1r, e2r, sr_, r1r, r2r = k[ix], e1[ix], e2[ix], s[ix], r1[ix], r2[ix]
+        ke, e1r, e2r, sr_ = k[ix], e1[ix], e2[ix], s[ix]
         yrr, srr, br = yref[ix], sref[ix], busy[ix]
         for iy in range(L2):
             dk = w0[iy] + ush
@@ -611,13 +611,11 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
             if soft_on:
                 sv = sv + w3[iy] + w4[iy] * (sv - smean) + b * dk
                 sr_[iy] = sv
-            q1 = x1 - r1r[iy]
-            q2 = x2 - r2r[iy]
             yb = _bound(sv, yrr[iy], srr[iy], lip)
             if mode == 0:
-                clear = (yb > 0.0) & (4.0 * (q1 * q1 + q2 * q2) < yb * yb)
+                clear = (yb > 0.0) & (4.0 * (x1 * x1 + x2 * x2) < yb * yb)
             else:
-                clear = 2.0 * abs(q2) < yb
+                clear = 2.0 * abs(x2) < yb
             flag[iy] = np.uint8(br[iy] > 0) | np.uint8(not clear)
         for iy in range(L2):
             if flag[iy] == 0:
@@ -627,14 +625,12 @@ def frame_pass(e1, e2, k, s, r1, r2, u, busy, dp1, dp2,
                     sr_[iy] += self_frame
                 br[iy] -= 1
                 if br[iy] == 0:
-                    r1r[iy] = e1r[iy]
-                    r2r[iy] = e2r[iy]
                     dp1[ix, iy] = 0.0
                     dp2[ix, iy] = 0.0
                     done[nd] = ix * L2 + iy
                     nd += 1
                 continue
-            if _over(e1r[iy] - r1r[iy], e2r[iy] - r2r[iy], sr_[iy], u, ix, iy, yrr[iy],
+            if _over(e1r[iy], e2r[iy], sr_[iy], u, ix, iy, yrr[iy],
                      srr[iy], lip, ytab, s0, sinv, u0, uinv, mode):
                 over[no] = ix * L2 + iy
                 no += 1

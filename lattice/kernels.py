@@ -22,9 +22,10 @@ Units and conventions (docs/model.md, section "Kernels", has the derivation):
 - Strain control: the applied (mean total) strain is fixed, so the q = 0
   elastic response to a plastic source is minus the source: the mean
   elastic strain drops by (plastic strain x area) / L^2.
-- The self term (r = 0) is not rescaled: it is the discrete elasticity's
-  own value (``EshelbyKernels.self_term``), and the far field keeps the
-  continuum amplitude exactly.
+- The self term (r = 0) is the discrete elasticity's own value
+  (``EshelbyKernels.self_term``) until ``set_self_term`` replaces it by a
+  calibrated one (a zero-mean change at the source site only); the far
+  field keeps the continuum amplitude exactly either way.
 - Elastic constants lam, mu in any stress unit (only nu enters the strain
   response); nu = lam / (lam + 2 mu) is the 2-D Poisson ratio.
 """
@@ -150,10 +151,27 @@ class EshelbyKernels:
         return np.stack([[self.irfft2(self.prop[a, b]) for b in range(2)]
                          for a in range(3)])
 
+    def set_self_term(self, s1, s2):
+        """Replace the diagonal self terms (e1 <- e1, e2 <- e2 at r = 0,
+        including the -1/L^2 of strain control) by s1, s2: the response
+        gains delta (delta_{r,0} - 1/L^2), i.e. delta at every q != 0, with
+        delta = (s - old)/(1 - 1/L^2). The change has zero mean, so the
+        q = 0 (strain control, stress drop) and every site but the source
+        keep their response up to a uniform -delta/L^2. The model uses it to
+        give a rearranging site the calibrated relaxation of its own strain
+        while its far field is the calibrated one (docs/model.md)."""
+        L2 = self.L ** 2
+        st = self.self_term()
+        for (a, b), s in (((1, 0), s1), ((2, 1), s2)):
+            delta = (float(s) - st[a, b]) / (1.0 - 1.0 / L2)
+            q0 = self.prop[a, b, 0, 0]
+            self.prop[a, b] += delta
+            self.prop[a, b, 0, 0] = q0
+
     def self_term(self):
         """Elastic strain at the source site per unit source, shape (3, 2)
         (rows k, e1, e2; columns source e1, e2).  Only the diagonal e1<-e1,
-        e2<-e2 is non-zero; it is not rescaled (see docs/model.md)."""
+        e2<-e2 is non-zero (see ``set_self_term`` and docs/model.md)."""
         w = np.full(self.prop.shape[-1], 2.0)
         w[0] = 1.0
         if self.L % 2 == 0:
@@ -207,18 +225,19 @@ class EshelbyKernels:
         return ux, uy, exx, eyy, exy
 
     # -- transient compression source ---------------------------------------
-    def compression_hat(self, t, amplitude, t_centre, width, D):
-        """Volumetric strain k of a transient point compression source at site (0, 0).
+    def compression_hat(self, t, p, t_centre, width, D):
+        """Volumetric strain k around a transient volumetric point source at site (0, 0).
 
-        The source's half-trace x area grows to ``amplitude`` (site areas;
-        positive = dilation, giving positive k) with a Gaussian rate profile
-        of centre ``t_centre`` and standard deviation ``width`` (> 0); the
-        field is that rate convolved in time with the lattice diffusion
-        kernel of ((1 + nu)/2) exp(-D lap t): each mode q != 0 is
-        ``(1+nu)/2 * amplitude * int g(t') exp(-D lap_q (t - t')) dt'``,
-        g the unit-area Gaussian, in closed form.  The q = 0 mode is zero
-        (volume conservation), so the field sums to zero at every time and
-        vanishes once the transient has relaxed.
+        The source's plastic half-trace x area grows to ``p`` (site areas;
+        p > 0: the source dilates, so it compresses its surroundings, k < 0
+        there) with a Gaussian rate profile of centre ``t_centre`` and
+        standard deviation ``width`` (> 0); the field outside is that rate
+        convolved in time with -((1 + nu)/2) times the lattice diffusion
+        kernel exp(-D lap t) (SPEC.md section 5): each mode q != 0 is
+        ``-(1+nu)/2 * p * int g(t') exp(-D lap_q (t - t')) dt'``, g the
+        unit-area Gaussian, in closed form.  The q = 0 mode is zero (volume
+        conservation), so the field sums to zero at every time and vanishes
+        once the transient has relaxed.
 
         t, t_centre, width : lattice time units (frames).
         D : D_L dt / a^2, sites^2 per frame.
@@ -235,7 +254,7 @@ class EshelbyKernels:
         neg = ~pos
         out[neg] = np.exp(rate[neg] * (t_centre - t) + 0.5 * (rate[neg] * width) ** 2) \
             * erfc(z[neg])
-        out *= 0.25 * (1.0 + self.nu) * amplitude
+        out *= -0.25 * (1.0 + self.nu) * p
         out[0, 0] = 0.0
         return out
 

@@ -43,7 +43,8 @@ NEAR_SPLIT = 8
 class ModelOptions:
     """Ablation switches (SPEC.md section 5).
 
-    trigger: "eps_dev" (2 sqrt(d1^2 + d2^2) >= eps_y) or "e2" (2 |d2| >= eps_y).
+    trigger: "eps_dev" (2 sqrt(e1^2 + e2^2) >= eps_y of the elastic strain) or
+        "e2" (2 |e2| >= eps_y).
     softness: False = classic EPM: S frozen, thresholds from the marginal
         yield-strain distribution (the calibrated one averaged over P(S)).
     volumetric: the transient compression source of each rearrangement.
@@ -167,11 +168,18 @@ class LatticeParams:
     lam, mu, nu: the chosen Lame constants. a: site size (particle
     lengths). n_per_site = number density x a^2. D = D_L dt / a^2 with
     D_L = (lam + 2 mu)/eta and eta = number density (unit drag per particle).
-    comp_amp = compression amplitude / a^2 (half-trace x site areas);
+    comp_p = compression_p / a^2: the volumetric source's plastic half-trace
+    x site areas (> 0: it dilates, its surroundings are compressed);
     comp_t, comp_w: centre and width of its rate in frames (time / dt).
     n_frames: frames a rearrangement lasts (calibrated value rounded, >= 1).
-    phi: relaxed fraction. b: softness per unit dk. self_frame: the
-    rearranging site's own change per frame, self_change/(n_frames n_per_site).
+    phi: relaxed fraction. kappa: source strength in site areas
+    (source_strength / a^2 / strain_scale): a rearrangement releases the
+    plastic strain x area kappa (e1, e2) of its elastic strain at onset.
+    strain_scale = mu_relaxed / mu: the yield table is local stress over
+    2 mu_relaxed, so with the instantaneous constants every threshold is
+    multiplied by it (the same stress) and kappa divided by it.
+    b: softness per unit dk. self_frame: the rearranging site's own change
+    per frame, self_change/(n_frames n_per_site).
     """
 
     lam: float
@@ -181,11 +189,13 @@ class LatticeParams:
     n_per_site: float
     dt: float
     D: float
-    comp_amp: float
+    comp_p: float
     comp_t: float
     comp_w: float
     n_frames: int
     phi: float
+    kappa: float
+    strain_scale: float
     b: float
     self_change: float
     self_frame: float
@@ -193,10 +203,10 @@ class LatticeParams:
     @classmethod
     def from_calibration(cls, cal: Calibration, options: ModelOptions):
         kind = options.elastic
-        need = [f"lambda_{kind}", f"mu_{kind}", "number_density", "site_size", "time_per_frame",
-                "relaxed_fraction", "frames_per_rearrangement"]
+        need = [f"lambda_{kind}", f"mu_{kind}", "mu_relaxed", "number_density", "site_size",
+                "time_per_frame", "relaxed_fraction", "source_strength", "frames_per_rearrangement"]
         if options.volumetric:
-            need += ["compression_amplitude", "compression_t_centre", "compression_width"]
+            need += ["compression_p", "compression_t_centre", "compression_width"]
         if options.softness:
             need += ["softness_b", "self_change"]
         cal.require_finite(need)
@@ -211,12 +221,14 @@ class LatticeParams:
         b = cal["softness_b"] if soft else 0.0
         self_change = cal["self_change"] if soft else 0.0
         vol = options.volumetric
+        scale = cal["mu_relaxed"] / mu
         return cls(lam=lam, mu=mu, nu=lam / (lam + 2 * mu), a=a, n_per_site=n_site, dt=dt,
                    D=(lam + 2 * mu) / dens * dt / a**2,
-                   comp_amp=cal["compression_amplitude"] / a**2 if vol else 0.0,
+                   comp_p=cal["compression_p"] / a**2 if vol else 0.0,
                    comp_t=cal["compression_t_centre"] / dt if vol else 0.0,
                    comp_w=cal["compression_width"] / dt if vol else 1.0,
-                   n_frames=n_frames, phi=cal["relaxed_fraction"], b=b,
+                   n_frames=n_frames, phi=cal["relaxed_fraction"],
+                   kappa=cal["source_strength"] / a**2 / scale, strain_scale=scale, b=b,
                    self_change=self_change, self_frame=self_change / (n_frames * n_site))
 
 
@@ -286,7 +298,7 @@ REARRANGEMENT_COLUMNS = [
     ("site_x", np.int32), ("site_y", np.int32), ("avalanche", np.int64),
     ("frame", np.int64), ("frame_end", np.int64), ("gamma", np.float64),
     ("k", np.float64), ("e1", np.float64), ("e2", np.float64),
-    ("d1", np.float64), ("d2", np.float64), ("eps_y", np.float64),
+    ("eps_y", np.float64),
     ("p1", np.float64), ("p2", np.float64),
     ("S_before", np.float64), ("S_after", np.float64),
     ("r1", np.float64), ("r2", np.float64),
@@ -304,11 +316,10 @@ COLUMN_DOC = {
     "frame_end": "global frame in which its release completes (last frame + 1)",
     "gamma": "applied engineering shear strain", "k": "elastic k at the start",
     "e1": "elastic e1 at the start", "e2": "elastic e2 at the start",
-    "d1": "e1 - r1 at the start (strain since the last rearrangement)", "d2": "e2 - r2 at the start",
-    "eps_y": "the site's yield strain (eps_dev or 2|d2| units) at the trigger",
+    "eps_y": "the site's yield strain (eps_dev or 2|e2| units) at the trigger",
     "p1": "plastic e1 x site area released (total)", "p2": "plastic e2 x site area released (total)",
     "S_before": "softness at the start", "S_after": "softness when the release completes",
-    "r1": "residual e1 (elastic e1 when the release completes)", "r2": "residual e2",
+    "r1": "residual e1 (elastic e1 when the release completes)", "r2": "residual e2 (likewise)",
     "id": "avalanche id", "duration": "frames", "size": "number of rearrangements",
     "n_sites": "distinct sites that rearranged",
     "extent": "radius of gyration of the distinct sites (sites, periodic)",
@@ -450,7 +461,7 @@ class STEPModel:
         "measure" (faster; its plans are kept as ``self.fft_wisdom`` and
         re-created from ``fft_wisdom`` when given; lattice/fft_plans.py).
 
-    The state arrays (e1, e2, k, S, u, r1, r2) are public; between
+    The state arrays (e1, e2, k, S, u) are public; between
     avalanches they may be set from outside, followed by ``state_changed()``
     (required after changing u).
     """
@@ -471,6 +482,9 @@ class STEPModel:
         self.mode = TRIGGERS[options.trigger]
         planner = Planner(fft_planner, fft_wisdom)
         self.K = K = EshelbyKernels(L, p.lam, p.mu, threads, planner)
+        # a rearrangement releases p = kappa e (its far field is the
+        # particles'); its own site relaxes by phi e: self term -phi/kappa
+        K.set_self_term(-p.phi / p.kappa, -p.phi / p.kappa)
         st = K.self_term()
         self.self1, self.self2 = float(st[1, 0]), float(st[2, 1])
 
@@ -484,7 +498,7 @@ class STEPModel:
         else:
             ug, tab = marginal_yield_table(yt, calibration.curves["p_s"])
             self._s0, self._sinv = 0.0, 0.0
-        self.ytab = np.ascontiguousarray(tab, dtype=float)
+        self.ytab = np.ascontiguousarray(np.asarray(tab, dtype=float) * p.strain_scale)
         self._u0 = float(ug[0])
         self._uinv = (ug.size - 1) / (ug[-1] - ug[0])
         self.u_grid = np.asarray(ug, dtype=float)
@@ -580,7 +594,7 @@ class STEPModel:
         self.S = np.interp(self.rng.random(L * L), cdf, edges).reshape(L, L)
         self.u = self.rng.random((L, L))
         z = lambda: np.zeros((L, L))
-        self.e1, self.e2, self.k, self.r1, self.r2 = z(), z(), z(), z(), z()
+        self.e1, self.e2, self.k = z(), z(), z()
         self.dp1, self.dp2 = z(), z()
         self.busy = np.zeros((L, L), dtype=np.int32)
         self.row_of_site = np.full((L, L), -1, dtype=np.int64)
@@ -597,7 +611,7 @@ class STEPModel:
         self._sref = self.S.copy()
         self._yref = self.yield_strains()
 
-    STATE_FIELDS = ("e1", "e2", "k", "S", "u", "r1", "r2")
+    STATE_FIELDS = ("e1", "e2", "k", "S", "u")
 
     def get_state(self):
         """The complete state between avalanches (arrays copied), for checkpoints."""
@@ -629,16 +643,15 @@ class STEPModel:
         return dyn.yield_strains(self.u, self.S, self.ytab, self._s0, self._sinv, self._u0, self._uinv)
 
     def trigger_strain(self):
-        """The trigger measure of every site: eps_dev (or 2|d2|) of the strain
-        since its last rearrangement."""
-        d1, d2 = self.e1 - self.r1, self.e2 - self.r2
-        return 2 * np.hypot(d1, d2) if self.mode == 0 else 2 * np.abs(d2)
+        """The trigger measure of every site: eps_dev = 2 |(e1, e2)| (or 2 |e2|)
+        of its elastic strain."""
+        return 2 * np.hypot(self.e1, self.e2) if self.mode == 0 else 2 * np.abs(self.e2)
 
     # -- dynamics -------------------------------------------------------------
     def load(self):
         """Exact extremal loading: raise the uniform e2 by the smallest x >= 0
         that brings a site to threshold; gamma += 2x. Returns (x, flat site)."""
-        x, site = dyn.loading_step(self.e1, self.e2, self.r1, self.r2, self.S, self.u, self.busy,
+        x, site = dyn.loading_step(self.e1, self.e2, self.S, self.u, self.busy,
                                    self.ytab, self._s0, self._sinv, self._u0, self._uinv,
                                    self._yref, self._sref, self._lip, self.mode)
         if site < 0:
@@ -704,19 +717,19 @@ class STEPModel:
         return row
 
     def _start(self, sites, aid):
-        """Rearrangements starting this frame: plastic strain relaxing the
-        fraction phi of the site's own elastic (e1, e2) through the
-        (unrescaled) self term, released in n_frames equal parts
+        """Rearrangements starting this frame: the plastic strain kappa (e1, e2)
+        of the site's own elastic strain (its far field the calibrated one),
+        which the calibrated self term turns into the relaxation -phi (e1, e2)
+        of the site itself, released in n_frames equal parts
         (dynamics.start_sites)."""
         L, p = self.L, self.par
-        rec = np.empty((9, sites.size))
-        dyn.start_sites(sites, self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.dp1,
-                        self.dp2, self.busy, p.phi, self.self1, self.self2, p.n_frames, self.ytab,
-                        self._s0, self._sinv, self._u0, self._uinv, rec)
-        k, e1, e2, d1, d2, eps_y, p1, p2, s = rec
+        rec = np.empty((7, sites.size))
+        dyn.start_sites(sites, self.e1, self.e2, self.k, self.S, self.u, self.dp1, self.dp2, self.busy,
+                        p.kappa, p.n_frames, self.ytab, self._s0, self._sinv, self._u0, self._uinv, rec)
+        k, e1, e2, eps_y, p1, p2, s = rec
         first = self.rearrangements.append(
             sites.size, site_x=sites // L, site_y=sites % L, avalanche=aid, frame=self.frame, frame_end=-1,
-            gamma=self.gamma, k=k, e1=e1, e2=e2, d1=d1, d2=d2, eps_y=eps_y, p1=p1, p2=p2,
+            gamma=self.gamma, k=k, e1=e1, e2=e2, eps_y=eps_y, p1=p1, p2=p2,
             S_before=s, S_after=np.nan, r1=np.nan, r2=np.nan)
         self.row_of_site.ravel()[sites] = first + np.arange(sites.size)
         if self.opt.volumetric:
@@ -724,7 +737,7 @@ class STEPModel:
             self._tstart = np.concatenate([self._tstart, np.full(sites.size, self.frame)])
             if self._tfourier:
                 slot = self.frame % self.M
-                dyn.source_spectrum(sites, p.comp_amp, self._ex, self._ey, self._ring[slot])
+                dyn.source_spectrum(sites, p.comp_p, self._ex, self._ey, self._ring[slot])
                 self._slot_used[slot] = True
             self._transient_live = True
 
@@ -732,7 +745,7 @@ class STEPModel:
         """Releases completed this frame: new yield quantile u (and its
         threshold cache entry), table entries."""
         rec = np.empty((3, sites.size))
-        dyn.complete_sites(sites, self.rng.random(sites.size), self.S, self.r1, self.r2, self.u,
+        dyn.complete_sites(sites, self.rng.random(sites.size), self.S, self.e1, self.e2, self.u,
                            self._yref, self._sref, self.ytab, self._s0, self._sinv, self._u0,
                            self._uinv, rec)
         rows_of = self.row_of_site.ravel()
@@ -789,9 +802,9 @@ class STEPModel:
                 self._inv[c]()
         td = self._tD
         nd, no, ssum = dyn.frame_pass(
-            self.e1, self.e2, self.k, self.S, self.r1, self.r2, self.u, self.busy, self.dp1, self.dp2,
+            self.e1, self.e2, self.k, self.S, self.u, self.busy, self.dp1, self.dp2,
             use_rs, active, dp1, dp2, self.Q, self._inc, use_dkt, dkt_real,
-            tsrc, tage, td.lo, td.width, td.off, td.planes, td.uni, p.comp_amp,
+            tsrc, tage, td.lo, td.width, td.off, td.planes, td.uni, p.comp_p,
             self._smean, p.b, p.self_frame, soft, self.ytab, self._s0, self._sinv, self._u0,
             self._uinv, self._yref, self._sref, self._lip, self.mode, self._done, self._over)
         self._smean = ssum / (L * L) if soft else 0.0
@@ -806,7 +819,7 @@ class STEPModel:
         else:
             kt = self._transient_field()
         no = dyn.relax_and_check(self.k, self.S, kt, self.par.b, self.opt.softness, self.e1, self.e2,
-                                 self.r1, self.r2, self.u, self.busy, self.ytab, self._s0, self._sinv,
+                                 self.u, self.busy, self.ytab, self._s0, self._sinv,
                                  self._u0, self._uinv, self._yref, self._sref, self._lip,
                                  self.mode, self._over)
         self._clear_transient()
@@ -831,7 +844,7 @@ class STEPModel:
         tables H, into the scratch self._dkt_real."""
         H = self._tH
         dyn.window_sum(self._tsites, self.frame - self._tstart - 1, H.lo, H.width, H.off, H.planes, H.uni,
-                       self.par.comp_amp, self._dkt_real)
+                       self.par.comp_p, self._dkt_real)
         return self._dkt_real
 
     def _to_fourier(self):
@@ -845,7 +858,7 @@ class STEPModel:
         self._slot_used[:] = False
         for start in np.unique(self._tstart[f - self._tstart < M]):
             slot = start % M
-            dyn.source_spectrum(self._tsites[self._tstart == start], self.par.comp_amp, self._ex, self._ey,
+            dyn.source_spectrum(self._tsites[self._tstart == start], self.par.comp_p, self._ex, self._ey,
                                 self._ring[slot])
             self._slot_used[slot] = True
         self._tfourier = True

@@ -21,7 +21,7 @@ Layout::
     /avalanches/*     one dataset per column (model.AVALANCHE_COLUMNS)
     /stress_strain/   gamma, stress: the sawtooth (stress after the loading
                       step, then after the avalanche, at the same gamma)
-    /state/*          e1, e2, k, S, u, r1, r2 (L x L), between avalanches
+    /state/*          e1, e2, k, S, u (L x L), between avalanches
     /snapshot/*       the largest avalanche so far: S, e1, e2, k before and
                       after (L x L); attrs avalanche, size, first (row of
                       its first rearrangement)
@@ -40,7 +40,7 @@ from step_epm.provenance import code_version
 from .model import AVALANCHE_COLUMNS, COLUMN_DOC, REARRANGEMENT_COLUMNS, STEPModel, Table
 
 SCHEMA = "step-lattice"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class RunFileError(RuntimeError):

@@ -71,9 +71,13 @@ def test_small_run_is_flagged_not_calibrated(calibration):
     compression numbers are placeholders, named in the description."""
     cal, _, _ = calibration
     assert not cal.calibrated
-    for name in ("compression_amplitude", "softness_b"):
+    for name in ("compression_p", "softness_b", "source_strength"):
         assert cal.scalars[name].n == 0 and "placeholder" in cal.scalars[name].flag
         assert name in cal.description
+    # no far field: the source strength is the continuum inclusion of this file's phi, a, nu
+    from step_epm.lattice.calibration import continuum_source_strength
+    assert cal["source_strength"] == pytest.approx(continuum_source_strength(
+        cal["relaxed_fraction"], cal["nu_relaxed"], cal["site_size"]), rel=1e-12)
     ph = placeholder_calibration()
     assert cal["softness_b"] == ph["softness_b"]
     # placeholder times keep their value in frames of the measured time per frame
@@ -105,6 +109,21 @@ def test_site_softness_samples(small_run, calibration):
     # (the numbering of sites is lattice_mapping.site_index's; compare as a set)
     assert np.allclose(np.sort(got.sites[n1 * n1: 2 * n1 * n1]), np.sort(want), rtol=0, atol=1e-12)
     assert got.n_frames == len(np.flatnonzero(seq["kind"] == 0)[::10])
+    # every run's local elastic strain: the stress of the disk of area a^2
+    # around its particle at f0 (and e_end) over 2 mu_relaxed
+    from step_epm.calibrate.extract import local_deviatoric_stress
+    from step_epm.particles.state import State
+    runs = meas.runs[0]
+    assert got.run_e_el.shape == (len(runs), 2) and np.all(np.isfinite(got.run_e_el))
+    mu = meas.elastic["mu_relaxed"].value
+    with Trajectory(small_run.traj) as t:
+        for j in (0, len(runs) // 2, len(runs) - 1):
+            part, f0, e_end = runs[j]
+            st = [State(t.sequence_position(seq["kind"][f], seq["row"][f]), t.radii, Lx, Ly,
+                        float(seq["gamma"][f])) for f in (f0, e_end)]
+            e0, e1 = (local_deviatoric_stress(x, [part], 3.0 / np.sqrt(np.pi))[0] / (2 * mu) for x in st)
+            np.testing.assert_allclose(got.run_e_el[j], e0, rtol=1e-12)
+            np.testing.assert_allclose(got.run_de[j], e1 - e0, rtol=1e-10, atol=1e-15)
 
 
 def test_lattice_runs_from_the_calibration(calibration, tmp_path):

@@ -197,9 +197,10 @@ def test_measure_thin_data_and_end_to_end(files):
     for q in m.compression.values():
         assert math.isnan(q.value) and q.n == 0 and q.flag
     assert m.onsets["since_last"].S.size == 0
-    # relaxation from the local stress: one row per finished rearrangement
-    assert m.relaxation["relaxed_fraction"].n == m.counts["relaxation_rows"] > 0
-    assert np.isfinite(m.relaxation["relaxed_fraction"].value)
+    # every finished rearrangement run: (particle, f0, e_end) with f0 < e_end
+    runs = m.runs[0]
+    assert len(runs) == m.counts["rearrangement_runs"] > 0
+    assert np.all(runs[:, 1] < runs[:, 2]) and np.all(m.self_change.n == len(runs))
     # data that exist give finite numbers
     assert m.counts["avalanches"] == 10 and m.counts["rearrangements"] > 0
     assert np.isfinite(m.rearrangement_stats["frames_per_rearrangement"].value)
@@ -256,40 +257,38 @@ def test_compression_fit_recovers_planted_values():
             k[mask] = dq / (mask.sum() * a_per) + rng.normal(0, 1e-4, mask.sum())
             dQ.append(frame_compression(k, mask, a_per))
         events.append(CompressionEvent(t, np.array(dQ)))
-    q = compression_fit(events, n_boot=20, seed=0, radius=R)
-    assert q["compression_amplitude"].value == pytest.approx(A, rel=0.02)
+    nu = 0.6
+    q = compression_fit(events, nu, n_boot=20, seed=0, radius=R)
+    # the region's own Q is ((1 + nu)/2) p: p = 2 A / (1 + nu)
+    assert q["compression_p"].value == pytest.approx(2 * A / (1 + nu), rel=0.02)
     assert q["compression_t_centre"].value == pytest.approx(tc, rel=0.02)
     assert q["compression_width"].value == pytest.approx(w, rel=0.05)
     assert all(qq.n == 30 and np.isfinite(qq.error) for qq in q.values())
     # too little data: NaN, n = 0, flag
-    q = compression_fit(events[:1])
+    q = compression_fit(events[:1], nu)
     assert all(math.isnan(qq.value) and qq.n == 0 and qq.flag for qq in q.values())
+    q = compression_fit(events, math.nan, n_boot=0)
+    assert math.isnan(q["compression_p"].value) and "Poisson" in q["compression_p"].flag
 
 
 def test_local_stress_is_the_disk_sum_of_virials(files, raw):
     """The local deviatoric stress of a rearranger's neighbourhood equals a
     brute-force sum of per-particle virials over the disk (minimum image),
     and summed over the whole box it is the global deviatoric stress."""
-    from step_epm.calibrate.extract import _Source
+    from step_epm.calibrate.extract import local_deviatoric_stress
     from step_epm.particles.potential import evaluate
     from step_epm.particles.state import State
 
-    traj, ana = files
-    p = ExtractParams(stress_radius=2.5)
-    src = _Source(traj, ana, p)
-    try:
-        i = len(raw["seq"]["frame"]) // 2
-        Lx, Ly = raw["box"]
-        g = float(raw["seq"]["gamma"][i])
-        ev = evaluate(State(raw["pos"][i], raw["radii"], Lx, Ly, g))
-        idx = np.array([0, 7, 50])
-        got = src.local_dev_stress(i, idx)
-        for j, k in enumerate(idx):
-            inside = _brute_distance(raw["pos"][i], raw["pos"][i][k], Lx, Ly, g) < 2.5
-            v = ev.virial_per_particle[inside].sum(axis=0) / (np.pi * 2.5**2)
-            assert got[j] == pytest.approx([0.5 * (v[0, 0] - v[1, 1]), v[0, 1]], rel=1e-12,
-                                           abs=1e-15)
-        total = ev.virial_per_particle.sum(axis=0) / (Lx * Ly)
-        assert total[0, 1] == pytest.approx(ev.stress[0, 1], rel=1e-12)
-    finally:
-        src.close()
+    i = len(raw["seq"]["frame"]) // 2
+    Lx, Ly = raw["box"]
+    g = float(raw["seq"]["gamma"][i])
+    state = State(raw["pos"][i], raw["radii"], Lx, Ly, g)
+    ev = evaluate(state)
+    idx = np.array([0, 7, 50])
+    got = local_deviatoric_stress(state, idx, 2.5)
+    for j, k in enumerate(idx):
+        inside = _brute_distance(raw["pos"][i], raw["pos"][i][k], Lx, Ly, g) < 2.5
+        v = ev.virial_per_particle[inside].sum(axis=0) / (np.pi * 2.5**2)
+        assert got[j] == pytest.approx([0.5 * (v[0, 0] - v[1, 1]), v[0, 1]], rel=1e-12, abs=1e-15)
+    total = ev.virial_per_particle.sum(axis=0) / (Lx * Ly)
+    assert total[0, 1] == pytest.approx(ev.stress[0, 1], rel=1e-12)

@@ -127,7 +127,7 @@ def test_strain_fields_point_source_noise_free():
     assert abs(f["bg_dev"].value) < 1e-12
     # the rest carry the angular sampling noise of random particle positions;
     # the bootstrap over events measures it
-    for name, want in [("c_xy", 2 / np.pi * C), ("k_sin2", A_SIN), ("compression_amplitude", Q_ISO),
+    for name, want in [("c_xy", 2 / np.pi * C), ("k_sin2", A_SIN), ("k_iso_q", Q_ISO),
                        ("compression_length", W_ISO), ("bg_xy", 0.0)]:
         q = f[name]
         assert abs(q.value - want) < NSIG * q.error, (name, q.value, want, q.error)
@@ -166,7 +166,7 @@ def test_strain_fields_with_noise():
     assert abs(q.value - 2 * C) < NSIG * se
     assert 0.5 < q.error / se < 2.0
     # the noise adds no bias to the linear parts (k): 4 bootstrap sigma
-    for name, want in [("k_sin2", A_SIN), ("compression_amplitude", Q_ISO)]:
+    for name, want in [("k_sin2", A_SIN), ("k_iso_q", Q_ISO)]:
         assert abs(res.fits[name].value - want) < NSIG * res.fits[name].error, name
     # (|eps_xy + noise| is biased where |eps_xy| ~ sigma, so c_xy is checked noise-free only)
 
@@ -504,7 +504,7 @@ def test_outputs_fill_the_calibration_file():
     ys = yield_strain(rng.uniform(-2, 1, 2000), rng.lognormal(np.log(0.05), 0.3, 2000), n_boot=20)
     cal.curves["yield_strain"] = ys.calibration_curve()
     fields, _ = eshelby_events(3, 0.0, seed=21, n_part=800)
-    cal.scalars["compression_amplitude"] = strain_fields(fields, n_boot=20).fits["compression_amplitude"]
+    cal.scalars["compression_length"] = strain_fields(fields, n_boot=20).fits["compression_length"]
     cal.scalars["self_change"] = self_change([])                        # thin data: NaN, n = 0, flag
     e_el = 0.03 * rng.standard_normal((50, 2))
     cal.scalars.update(relaxation(e_el, -0.6 * e_el + 0.002 * rng.standard_normal((50, 2))))

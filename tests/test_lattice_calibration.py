@@ -1,6 +1,7 @@
 """The calibration file (lattice/calibration.py, docs/calibration.md): shipped
-default, round trip (v2 with every optional entry), version 1 files, clear
-errors for bad files, the lattice running from v1 and v2 files."""
+default, round trip (with every optional entry), older versions refused
+with the reason, clear errors for bad files, the lattice running from a
+file with or without the optional entries."""
 import copy
 import json
 import math
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from step_epm.lattice.calibration import (CURVES, DEFAULT_PATH, OPTIONAL_CURVES, OPTIONAL_SCALARS,
-                                          REQUIRED_SCALARS, SCALARS, SCHEMA_VERSION, V1_SCALARS,
+                                          REQUIRED_SCALARS, SCALARS, SCHEMA_VERSION,
                                           CalibrationError, Quantity, load_calibration,
                                           parse_calibration, placeholder_calibration, save_calibration)
 from step_epm.lattice.model import ModelOptions, STEPModel
@@ -38,7 +39,7 @@ def yield_table(s, u, empty_row=None):
             "n": [0 if empty_row == i else 50 for i in range(len(s))]}
 
 
-def full_v2():
+def full_file():
     """The placeholder plus every optional scalar and curve (JSON form)."""
     d = placeholder_calibration().to_json()
     d["config"] = "particles:\n  N: 4000\nseed: 3\n"
@@ -74,16 +75,6 @@ def full_v2():
     return d
 
 
-def as_v1(d):
-    """A version 1 file: the v1 entries only, no config."""
-    d = copy.deepcopy(d)
-    d["schema_version"] = 1
-    d.pop("config", None)
-    d["scalars"] = {k: v for k, v in d["scalars"].items() if k in V1_SCALARS}
-    d["curves"] = {k: v for k, v in d["curves"].items() if k not in OPTIONAL_CURVES}
-    return d
-
-
 def assert_json_close(a, b, rtol=1e-13, path="$"):
     """Equal JSON trees, floats to ``rtol`` (a few ulp), everything else exactly."""
     if isinstance(a, float) or isinstance(b, float):
@@ -114,9 +105,9 @@ def test_default_file_is_the_documented_placeholder():
     # numpy's exp/log1p differ in the last ulp between SIMD builds (AVX-512 vs
     # AVX2): the shipped file must equal the generator to a few ulp, not bitwise
     assert_json_close(json.loads(DEFAULT_PATH.read_text()), json.loads(placeholder_calibration().dumps()))
-    assert cal.read_version == SCHEMA_VERSION == 2 and cal.config == ""
-    # the required entries, plus residual (required in version 1); no other optional one
-    assert set(cal.scalars) == set(REQUIRED_SCALARS) | {"residual"}
+    assert SCHEMA_VERSION == 3 and cal.config == ""
+    # the required entries, no optional one
+    assert set(cal.scalars) == set(REQUIRED_SCALARS)
     assert set(REQUIRED_SCALARS) | set(OPTIONAL_SCALARS) == set(SCALARS)
     assert set(cal.curves) == {"c0", "c1", "p_s", "yield_strain"}
     for name, q in cal.scalars.items():
@@ -138,7 +129,7 @@ def test_round_trip(tmp_path, good):
     d = copy.deepcopy(good)
     d["calibrated"] = True
     d["inputs"] = [{"path": "runs/seed0.h5", "sha256": "ab" * 32}]
-    d["scalars"]["residual"].update(value=None, error=None, n=0, flag="too few isolated events")
+    d["scalars"]["residual"] = q(None, None, 0, flag="too few isolated events")
     d["scalars"]["site_size"].update(value=4.5, error=0.25, n=1234, fit_range=[1.0, 8.0], flag=None)
     d["curves"]["c0"]["n"] = list(range(len(d["curves"]["c0"]["r"])))
     cal = parse_calibration(json.loads(json.dumps(d)), "test")
@@ -147,22 +138,21 @@ def test_round_trip(tmp_path, good):
     assert back.to_json() == cal.to_json()
     assert back.sha256() == cal.sha256()
     assert math.isnan(back["residual"]) and back.scalars["residual"].flag == "too few isolated events"
-    q = back.scalars["site_size"]
-    assert (q.value, q.error, q.n, q.fit_range) == (4.5, 0.25, 1234, (1.0, 8.0))
+    site = back.scalars["site_size"]
+    assert (site.value, site.error, site.n, site.fit_range) == (4.5, 0.25, 1234, (1.0, 8.0))
     np.testing.assert_array_equal(back.curves["c0"]["n"], np.arange(len(d["curves"]["c0"]["r"])))
     assert back.curves["yield_strain"]["value"].shape == (13, 100)
     assert not list(tmp_path.glob("**/*.tmp"))
 
 
-def test_round_trip_v2_with_every_optional_entry(tmp_path):
-    d = full_v2()
+def test_round_trip_with_every_optional_entry(tmp_path):
+    d = full_file()
     cal = parse_calibration(json.loads(json.dumps(d)), "test")
     assert set(cal.scalars) == set(SCALARS) and set(cal.curves) == set(CURVES)
     p = save_calibration(cal, tmp_path / "full.json")
     back = load_calibration(p)
     assert back.to_json() == cal.to_json() and back.sha256() == cal.sha256()
-    assert back.read_version == SCHEMA_VERSION == 2
-    assert json.loads(p.read_text())["schema_version"] == 2
+    assert json.loads(p.read_text())["schema_version"] == SCHEMA_VERSION
     assert back.config == d["config"] and back.code_version == "0123abc" and back.inputs == d["inputs"]
     assert back["c_dev"] == 0.12 and back.scalars["c_dev"].fit_range == (2.0, 8.0)
     assert back.scalars["c_dev"].unit == SCALARS["c_dev"][0]          # unit filled from the schema
@@ -182,32 +172,29 @@ def test_round_trip_v2_with_every_optional_entry(tmp_path):
     assert back.get("residual").value == 0.015 and placeholder_calibration().get("c_dev") is None
 
 
-def test_version_1_file_still_loads(tmp_path):
-    """A v1 file (every v1 scalar, residual included, the four v1 curves, no
-    config) reads by the v1 rules; it is written back as v2 with the same
-    content; v2-only entries in a v1 file, or a missing v1 entry, are refused."""
-    v1 = as_v1(full_v2())
-    p = tmp_path / "v1.json"
-    p.write_text(json.dumps(v1))
-    cal = load_calibration(p)
-    assert cal.read_version == 1 and cal.config == "" and set(cal.scalars) == set(V1_SCALARS)
-    assert set(cal.curves) == {"c0", "c1", "p_s", "yield_strain"}
-    back = parse_calibration(json.loads(cal.dumps()), "again")
-    assert back.read_version == 2 and back.to_json() == cal.to_json()
-    # the shipped file of version 1 (before the schema change) is the placeholder
-    assert parse_calibration(as_v1(placeholder_calibration().to_json()), "v1").to_json() == \
-        placeholder_calibration().to_json()
-    for change, field in [(lambda d: d["scalars"].update(c_dev=q(0.1)), "scalars.c_dev"),
-                          (lambda d: d["curves"].update(p_s_particles=d["curves"]["p_s"]), "curves.p_s_particles"),
-                          (lambda d: d["scalars"].pop("residual"), "scalars.residual")]:
-        d = copy.deepcopy(v1)
-        change(d)
-        with pytest.raises(CalibrationError, match=f"'{field}'"):
-            parse_calibration(d, "v1")
-    # residual is optional from version 2 on
-    d = copy.deepcopy(full_v2())
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_versions_are_refused_with_the_reason(version):
+    """Version 1 and 2 files meant other things by the compression and the
+    yield strain (lattice/calibration.py, module docstring): refused, with
+    what changed and what to do, not silently misread."""
+    d = full_file()
+    d["schema_version"] = version
+    with pytest.raises(CalibrationError, match="'schema_version'.*rerun step-calibrate"):
+        parse_calibration(d, "old")
+    # residual is optional
+    d = full_file()
     del d["scalars"]["residual"]
-    assert "residual" not in parse_calibration(d, "v2").scalars
+    assert "residual" not in parse_calibration(d, "v3").scalars
+
+
+def test_continuum_source_strength_is_the_circular_inclusion():
+    """kappa = 4 phi a^2/(1 + nu): a circular inclusion of area a^2 with
+    plastic strain kappa e / a^2 changes its own elastic strain by
+    -(1 + nu)/4 times that, i.e. by -phi e."""
+    from step_epm.lattice.calibration import continuum_source_strength
+    phi, nu, a = 0.3, 0.6, 4.0
+    kappa = continuum_source_strength(phi, nu, a)
+    assert -(1 + nu) / 4 * kappa / a**2 == pytest.approx(-phi, rel=1e-15)
 
 
 def mutate(path, value):
@@ -313,7 +300,7 @@ BAD_V2 = [
 
 @pytest.mark.parametrize("label,change,field", BAD_V2, ids=[b[0] for b in BAD_V2])
 def test_bad_v2_entry_gives_error_naming_the_field(tmp_path, label, change, field):
-    d = full_v2()
+    d = full_file()
     parse_calibration(copy.deepcopy(d), "unchanged")   # the base is valid
     change(d)
     p = tmp_path / "bad.json"
@@ -360,27 +347,27 @@ def test_model_refuses_missing_numbers_it_needs():
     """A NaN (too little data) is a valid file but the lattice refuses to run
     on it, naming the field; it runs if the quantity is switched off. NaN or
     absent optional entries (d2min_length here) do not matter to it."""
-    d = full_v2()
-    d["scalars"]["compression_amplitude"].update(value=None, n=0, flag="no isolated events")
+    d = full_file()
+    d["scalars"]["compression_p"].update(value=None, n=0, flag="no isolated events")
     cal = parse_calibration(d, "test")
-    with pytest.raises(CalibrationError, match="scalars.compression_amplitude"):
+    with pytest.raises(CalibrationError, match="scalars.compression_p"):
         STEPModel(16, cal, ModelOptions(volumetric=True))
     STEPModel(16, cal, ModelOptions(volumetric=False))
     with pytest.raises(CalibrationError, match="scalars.plastic_strain"):   # absent: named too
         placeholder_calibration().require_finite(["site_size", "plastic_strain"])
 
 
-def test_lattice_runs_the_same_from_v1_and_v2_files(tmp_path):
-    """The optional entries do not change the dynamics: a v2 file with every
-    optional entry and its v1 form give the placeholder's avalanches."""
+def test_optional_entries_do_not_change_the_lattice(tmp_path):
+    """The optional entries do not change the dynamics: a file with every
+    optional entry gives the placeholder's avalanches."""
     def run(cal):
         m = STEPModel(16, cal, ModelOptions(), seed=5)
         rows = [m.avalanche() for _ in range(25)]
         return m.avalanches["size"][rows].tolist(), m.gamma, m.S.copy()
     ref = run(placeholder_calibration())
     assert max(ref[0]) > 1                      # some avalanches do propagate
-    for d in (full_v2(), as_v1(full_v2())):
-        p = tmp_path / f"v{d['schema_version']}.json"
+    for d in (full_file(),):
+        p = tmp_path / "full.json"
         p.write_text(json.dumps(d))
         sizes, gamma, S = run(load_calibration(p))
         assert sizes == ref[0] and gamma == ref[1]

@@ -86,7 +86,7 @@ def test_cli_writes_a_self_describing_run_file(tmp_path):
     f = out / "lattice.h5"
     run = load_run(f)
     a = run["attrs"]
-    assert (a["schema"], a["schema_version"], a["completed"], a["calibrated"]) == ("step-lattice", 1, True, False)
+    assert (a["schema"], a["schema_version"], a["completed"], a["calibrated"]) == ("step-lattice", 2, True, False)
     assert a["code_version"] and a["calibration_sha256"]
     cfg = yaml.safe_load(a["config"])
     assert cfg["lattice"]["L"] == 16 and cfg["output_dir"] == str(out)

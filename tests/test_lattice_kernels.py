@@ -314,6 +314,28 @@ def test_self_term():
                                ratio * (np.diag(Ka.self_term()[1:]) + 1 / L**2), rtol=1e-12)
 
 
+@pytest.mark.parametrize("L", [15, 32])
+def test_set_self_term_changes_only_the_source_site(L):
+    """set_self_term(s1, s2) makes the r = 0 response exactly s1 (e1 <- e1)
+    and s2 (e2 <- e2); every other site of those planes moves by the same
+    uniform amount (the change has zero mean), so the q = 0 strain control
+    (a source lowers the mean of its component by itself / L^2), the
+    other planes and the far-field shape are untouched."""
+    K0, K = EshelbyKernels(L, 0.19, 0.03), EshelbyKernels(L, 0.19, 0.03)
+    K.set_self_term(-0.3, -0.7)
+    st = K.self_term()
+    assert st[1, 0] == pytest.approx(-0.3, abs=1e-14) and st[2, 1] == pytest.approx(-0.7, abs=1e-14)
+    G0, G = K0.real_space_kernels(), K.real_space_kernels()
+    np.testing.assert_allclose(G[:, :, 0, 0], st, atol=1e-14)
+    for a, b in ((1, 0), (2, 1)):
+        d = (G[a, b] - G0[a, b]).ravel()
+        np.testing.assert_allclose(d[1:], d[1], rtol=0, atol=1e-14)   # uniform off the source
+        assert abs(d.sum()) < 1e-12                                   # zero mean
+        assert K.prop[a, b, 0, 0] == K0.prop[a, b, 0, 0] == -1.0
+    for a, b in ((0, 0), (0, 1), (1, 1), (2, 0)):
+        np.testing.assert_array_equal(K.prop[a, b], K0.prop[a, b])
+
+
 def test_deterministic_plans():
     """Two instances (as in a run and its resume) give the same bits."""
     L = 64
@@ -337,8 +359,8 @@ def rate_profile(t, t0, width):
 
 @pytest.mark.parametrize("t", [3.0, 5.0, 6.5, 20.0])
 def test_compression_is_lattice_heat_kernel_convolved(t):
-    """Before, during and after the pulse the field equals ((1+nu)/2) times
-    the infinite-lattice heat kernel of the 5-point Laplacian,
+    """Before, during and after the pulse the field equals -((1+nu)/2) p
+    times the infinite-lattice heat kernel of the 5-point Laplacian,
     exp(-4 D s) I_x(2 D s) I_y(2 D s), convolved with the Gaussian rate in
     time (quadrature), minus the uniform mean (q = 0 removed); images are
     below 1e-30 for L = 128, D t < 40.  Agreement to quadrature accuracy."""
@@ -350,13 +372,13 @@ def test_compression_is_lattice_heat_kernel_convolved(t):
     n = np.arange(-12, 13)
     Ix = ive(n[:, None], 2 * D * s[None, :])  # exp(-2Ds) I_n(2Ds), shape (n, nodes)
     heat = np.einsum("in,jn,n->ij", Ix, Ix, wt * rate_profile(tp, t0, w))
-    ref = 0.5 * (1 + K.nu) * A * (heat - ndtr((t - t0) / w) / L**2)
+    ref = -0.5 * (1 + K.nu) * A * (heat - ndtr((t - t0) / w) / L**2)
     got = np.roll(field, (12, 12), axis=(0, 1))[:25, :25]
     assert np.abs(got - ref).max() < 1e-10 * np.abs(ref).max()
 
 
 def test_compression_matches_continuum_diffusion():
-    """Against the continuum k(r, t) = ((1+nu)/2) exp(-r^2/4Ds)/(4 pi D s)
+    """Against the continuum k(r, t) = -((1+nu)/2) p exp(-r^2/4Ds)/(4 pi D s)
     convolved with the rate, for r <= 2 sqrt(4 D t).  The lattice walk's
     excess kurtosis 1/(2 D s) per axis gives (Edgeworth) a deviation of at
     most peak/(8 D s); tolerance 1.25 peak/(8 D s_min), s_min = t - t0 - 5 w."""
@@ -369,10 +391,24 @@ def test_compression_matches_continuum_diffusion():
     s = t - tp
     cont = (np.exp(-r[sel][:, None] ** 2 / (4 * D * s)) / (4 * np.pi * D * s)
             * wt * rate_profile(tp, t0, w)).sum(axis=1)
-    ref = 0.5 * (1 + K.nu) * A * (cont - 1 / L**2)
+    ref = -0.5 * (1 + K.nu) * A * (cont - 1 / L**2)
     s_min = t - t0 - 5 * w
     peak = 0.5 * (1 + K.nu) * A / (4 * np.pi * D * s_min)
     assert np.abs(field[sel] - ref).max() < 1.25 * peak / (8 * D * s_min)
+
+
+def test_a_dilating_source_compresses_its_surroundings():
+    """SPEC.md section 4, "Signs": p > 0 (the source dilates) gives k < 0
+    around it while the transient is live (every site within the diffusion
+    length), and the field is odd in p."""
+    L, D, t0, w = 64, 0.5, 2.0, 0.5
+    K = EshelbyKernels(L, 0.19, 0.03)
+    for t in (3.0, 6.0, 12.0):
+        f = K.irfft2(K.compression_hat(t, 0.3, t0, w, D))
+        _, _, r, _ = polar(L)
+        near = r <= np.sqrt(4 * D * (t - t0))
+        assert np.all(f[near] < 0), t
+        np.testing.assert_array_equal(K.irfft2(K.compression_hat(t, -0.3, t0, w, D)), -f)
 
 
 def test_compression_conserves_volume_and_relaxes():
@@ -397,7 +433,7 @@ def test_compression_mode_closed_form(rate, t):
     K = EshelbyKernels(8, 2.0, 1.0)
     # choose D so that mode (1, 0) has decay rate `rate`
     D = rate / K.lap[1, 0]
-    got = K.compression_hat(t, A, t0, w, D)[1, 0] / (0.5 * (1 + K.nu) * A)
+    got = K.compression_hat(t, A, t0, w, D)[1, 0] / (-0.5 * (1 + K.nu) * A)
     tp, wt = gauss_legendre(max(t0 - 12 * w, t - 60.0 / rate), t, 400)
     ref = (wt * rate_profile(tp, t0, w) * np.exp(-rate * (t - tp))).sum()
     assert np.isfinite(got) and abs(got - ref) < 1e-10 * max(ref, 1e-300) + 1e-300

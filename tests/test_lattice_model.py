@@ -38,15 +38,16 @@ def ref_yield(cal, u, S):
 
 
 def trigger_measure(m, trigger):
-    d1, d2 = m.e1 - m.r1, m.e2 - m.r2
-    return 2 * np.hypot(d1, d2) if trigger == "eps_dev" else 2 * np.abs(d2)
+    """The elastic strain's eps_dev (or 2 |e2|): the trigger has a
+    stress-free reference, no residual is subtracted."""
+    return 2 * np.hypot(m.e1, m.e2) if trigger == "eps_dev" else 2 * np.abs(m.e2)
 
 
 # -- loading -------------------------------------------------------------------
 
 @pytest.mark.parametrize("trigger,softness", [("eps_dev", True), ("e2", True), ("e2", False)])
 def test_loading_step_brings_exactly_one_site_to_threshold(cal, trigger, softness):
-    """After some avalanches (residuals and S non-uniform) every site is below
+    """After some avalanches (strains and S non-uniform) every site is below
     threshold; the exact loading step raises e2 uniformly by x (gamma by 2x)
     so that the returned site sits on its threshold to round-off and every
     other site stays strictly below. (Softness off: thresholds from the
@@ -115,8 +116,10 @@ def test_single_rearrangement_on_uniform_S_follows_update_law(volumetric):
     self change per frame plus c0, c1 times the share (n - 1)/n of the other
     particles of its site; dk is the static k of the released plastic strain
     plus the transient compression, whose remainder relaxes (b dk again) when
-    the avalanche ends. The strains change by the kernel responses, and the
-    site's own elastic strain by exactly -phi times itself."""
+    the avalanche ends. The site releases the plastic strain kappa e of its
+    elastic strain e at onset; the strains change by the kernel responses
+    (self term -phi/kappa), so the site's own elastic strain changes by
+    exactly -phi times itself."""
     C0, C1, b, sc = 0.02, -0.05, 3.0, -0.4
     cal = single_event_calibration(C0, C1, b, sc, frames=2)
     L, s0 = 32, -0.3
@@ -133,10 +136,11 @@ def test_single_rearrangement_on_uniform_S_follows_update_law(volumetric):
 
     p = m.par
     K = EshelbyKernels(L, cal["lambda_relaxed"], cal["mu_relaxed"])
-    st = K.self_term()
+    kappa = cal["source_strength"] / cal["site_size"] ** 2
+    K.set_self_term(-cal["relaxed_fraction"] / kappa, -cal["relaxed_fraction"] / kappa)
     P1, P2 = np.zeros((L, L)), np.zeros((L, L))
-    P1[i] = -p.phi * e1b[i] / st[1, 0]
-    P2[i] = -p.phi * e2b[i] / st[2, 1]
+    P1[i] = kappa * e1b[i]
+    P2[i] = kappa * e2b[i]
     half = K.response(P1 / 2, P2 / 2)  # per frame
     n = cal["number_density"] * cal["site_size"] ** 2
     D = (cal["lambda_relaxed"] + 2 * cal["mu_relaxed"]) / cal["number_density"] \
@@ -145,7 +149,7 @@ def test_single_rearrangement_on_uniform_S_follows_update_law(volumetric):
     def kt(t):
         if not volumetric:
             return np.zeros((L, L))
-        f = K.irfft2(K.compression_hat(t, cal["compression_amplitude"] / cal["site_size"] ** 2,
+        f = K.irfft2(K.compression_hat(t, cal["compression_p"] / cal["site_size"] ** 2,
                                        cal["compression_t_centre"] / cal["time_per_frame"],
                                        cal["compression_width"] / cal["time_per_frame"], D))
         return np.roll(f, i, axis=(0, 1))
@@ -215,7 +219,7 @@ def test_records_are_consistent(ran):
     assert np.all(np.isfinite(r["S_after"])) and np.all(a["duration"] >= m.par.n_frames)
     # the trigger measure of every rearrangement reached its threshold, except
     # (only in frame 0) the loaded site, which sits on it to round-off
-    eps = 2 * np.hypot(r["d1"], r["d2"])
+    eps = 2 * np.hypot(r["e1"], r["e2"])
     assert np.all(eps >= r["eps_y"] * (1 - 1e-12))
     assert np.all(np.diff(a["gamma"]) >= 0) and np.all(np.diff(r["frame"]) >= 0)
     assert np.all((a["n_sites"] <= a["size"]) & (a["n_sites"] >= 1))
@@ -245,7 +249,7 @@ def test_frame_sum_of_S_is_the_field_stats_mean(cal, L):
     S = m.S.copy()
     none = np.zeros(0, dtype=np.int64)
     td = m._tD
-    _, _, ssum = dyn.frame_pass(m.e1.copy(), m.e2.copy(), m.k.copy(), S, m.r1.copy(), m.r2.copy(), m.u,
+    _, _, ssum = dyn.frame_pass(m.e1.copy(), m.e2.copy(), m.k.copy(), S, m.u,
                                 m.busy.copy(), m.dp1.copy(), m.dp2.copy(), True, none, np.zeros(0),
                                 np.zeros(0), m.Q, m._inc, False, m._dkt_real, none, none, td.lo, td.width,
                                 td.off, td.planes, td.uni, 0.0, 0.0, m.par.b, m.par.self_frame,
