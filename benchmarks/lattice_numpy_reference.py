@@ -31,7 +31,7 @@ class NumpySTEP:
         m, p = model, model.par
         self.L, self.mode, self.soft = m.L, m.mode, m.opt.softness
         self.vol = m.opt.volumetric
-        self.kappa, self.nf, self.b, self.self_frame = p.kappa, p.n_frames, p.b, p.self_frame
+        self.kappa, self.nf, self.b = p.kappa, p.n_frames, p.b
         self.prop, self.C0h, self.C1h = m.K.prop, m.C0h, m.C1h  # (3, 2, L, h), (L, h), (L, h)
         self.ytab, self.ygrid = m.ytab, (m._s0, m._sinv, m._u0, m._uinv)
         if self.vol:  # per-frame injection J[age] and decay of the transient (docs/model.md)
@@ -115,7 +115,6 @@ class NumpySTEP:
                 NN = rfft2(active)
                 C0, C1 = irfft2(self.C0h * NN, s=dk.shape), irfft2(self.C1h * NN, s=dk.shape)
                 self.S += C0 + C1 * (self.S - smean) + self.b * dk
-                self.S[active] += self.self_frame
                 smean = self.S.mean()
             self.k += dk
             self.e1 += de1

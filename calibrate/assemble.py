@@ -18,21 +18,20 @@ measured are written as NaN with n = 0 and a flag (scalars) or left out
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from ..lattice.calibration import (REQUIRED_CURVES, REQUIRED_SCALARS, SCALARS, Calibration,
                                    CalibrationError, Quantity, continuum_source_strength,
                                    parse_calibration, placeholder_calibration)
-from ..particles.analysis_file import SoftnessAnalysis
-from ..particles.state import State
-from ..particles.trajectory import Trajectory
 from .events import relaxation
-from .extract import local_deviatoric_stress
+from .fits import bootstrap, mean_quantity
 from .lattice_mapping import (SITE_FACTOR, g2_entry, histogram_entry, p_s_sites, site_size,
-                              site_softness, site_softness_of_particles, source_strength,
-                              strain_profiles_entry, yield_strain_sites, yield_table_entry)
+                              source_strength_from_drops, strain_profiles_entry, yield_strain_sites,
+                              yield_table_entry)
+from .site_events import SiteSamples, lattice_distance_edges, measure_sites
+from .softness_change import softness_change
 
 log = logging.getLogger(__name__)
 
@@ -43,84 +42,10 @@ MAX_RELATIVE_ERROR = 1.0
 YIELD_BINS = 6
 
 
-@dataclass
-class SiteSamples:
-    """What the site side ``a`` (length) is needed for: site-averaged
-    softness samples and the local elastic strain of every rearrangement
-    run (``extract`` definition 5) over a site-sized disk.
-
-    sites: (n_sites_total,) site S over the sampled minimised frames.
-    particles: (n,) particle S over the same frames.
-    rearrangers: (m,) particle S of each run at its onset frame f0.
-    run_site_S: (m,) site S (``site_softness_of_particles``) of each run's
-        particle at f0; aligned with the concatenated ``Measurements.runs``.
-    run_e_el: (m, 2) local elastic deviatoric strain (e1, e2) at f0: the
-        deviatoric stress of the disk of area a^2 around the particle
-        (``extract.local_deviatoric_stress``, radius a / sqrt(pi)) over
-        2 mu_relaxed (the files' mean, the lattice's).
-    run_de: (m, 2) the same at e_end minus at f0.
-    n_frames: sampled frames.
-    """
-    a: float
-    sites: np.ndarray
-    particles: np.ndarray
-    rearrangers: np.ndarray
-    run_site_S: np.ndarray
-    run_e_el: np.ndarray
-    run_de: np.ndarray
-    n_frames: int = 0
-
-
-def site_samples(pairs, meas, a: float, sample_every: int = 50, progress=None) -> SiteSamples:
-    """Site softness of sampled frames, and the site softness and local
-    elastic strain of every rearrangement run (SiteSamples).
-
-    Args:
-        pairs: the (trajectory, analysis file) pairs given to ``measure``
-            (same order as ``meas.runs``).
-        meas: extract.Measurements.
-        a: site side (length); NaN gives empty samples (NaN per run).
-        sample_every: every k-th minimised step of each trajectory is a
-            P(S) sample (a site tiling of the whole box per frame).
-        progress: optional callable(str).
-    """
-    m = int(sum(len(r) for r in meas.runs))
-    nan2 = np.full((m, 2), np.nan)
-    if not (math.isfinite(a) and a > 0):
-        return SiteSamples(a, np.empty(0), np.empty(0), np.empty(0), np.full(m, np.nan), nan2,
-                           nan2.copy())
-    mu = meas.elastic["mu_relaxed"].value
-    radius = a / math.sqrt(math.pi)
-    sites, parts = [], []
-    rear, site_S, e0, e1 = (np.full(m, np.nan), np.full(m, np.nan), nan2.copy(), nan2.copy())
-    base = 0
-    for (tp, ap), runs in zip(pairs, meas.runs):
-        if progress:
-            progress(f"site softness and local stress: {ap}")
-        with Trajectory(tp) as t, SoftnessAnalysis(ap) as an:
-            seq = an.sequence()
-            (Lx, Ly) = t.box_lengths
-            minima = set(np.flatnonzero(seq["kind"] == 0)[::sample_every].tolist())
-            starts, ends = runs[:, 1], runs[:, 2]
-            for r in sorted(minima | set(starts.tolist()) | set(ends.tolist())):
-                pos = t.sequence_position(seq["kind"][r], seq["row"][r])
-                box = (Lx, Ly, float(seq["gamma"][r]))
-                state = State(pos, t.radii, Lx, Ly, box[2])
-                S = an.field("softness", r).astype(float)
-                if r in minima:
-                    sites.append(site_softness(pos, S, box, a))
-                    parts.append(S)
-                for which, out in ((starts == r, e0), (ends == r, e1)):
-                    j = np.flatnonzero(which)
-                    if j.size == 0:
-                        continue
-                    out[base + j] = local_deviatoric_stress(state, runs[j, 0], radius) / (2 * mu)
-                    if out is e0:
-                        rear[base + j] = S[runs[j, 0]]
-                        site_S[base + j] = site_softness_of_particles(pos, S, box, a)[runs[j, 0]]
-        base += len(runs)
-    cat = (lambda x: np.concatenate(x) if x else np.empty(0))
-    return SiteSamples(a, cat(sites), cat(parts), rear, site_S, e0, e1 - e0, len(sites))
+def site_samples(pairs, meas, a: float, sample_every: int = 50, progress=None):
+    """``site_events.measure_sites`` with the runs of ``meas`` (an
+    extract.Measurements of the same ``pairs``) and its mean relaxed mu."""
+    return measure_sites(pairs, meas.runs, a, meas.elastic["mu_relaxed"].value, sample_every, progress)
 
 
 def _in_range(name, value):
@@ -184,6 +109,42 @@ def _xi_quantity(meas) -> Quantity:
                     "length", "", None if xi.ok else (xi.flag or "no fit"))
 
 
+def _site_softness_change(sites, params, n_boot, seed):
+    """softness_change of the single-active site frame pairs with one bin
+    per lattice distance class a |d| up to the particle ``ds_r`` range
+    (``site_events.lattice_distance_edges``): (SoftnessChange, {"c0", "c1"}
+    as calibration curves whose r is the class distance, r = 0 the site
+    itself; None where there is no finite bin)."""
+    a = sites.a
+    if not (math.isfinite(a) and a > 0):
+        sc = softness_change([], n_boot=0)
+        return sc, {"c0": None, "c1": None}
+    edges, d = lattice_distance_edges(a, float(params.get("ds_r", (0, 15.0, 0))[1]))
+    sc = softness_change(sites.softness, r_edges=edges, far_range=tuple(params.get("ds_far_range", (4.0, 12.0))),
+                         tail_range=tuple(params.get("ds_tail_range", (1.0, 10.0))), n_boot=n_boot, seed=seed,
+                         keep_origin=True)
+    curves = {}
+    for name, c, fit in (("c0", sc.c0, sc.c0_fit), ("c1", sc.c1, sc.c1_fit)):
+        keep = np.isfinite(c.value)
+        curves[name] = ({"r": d[keep], "value": c.value[keep], "error": c.error[keep],
+                         "n": c.n[keep].astype(np.int64), "fit": dict(fit)} if keep.any() else None)
+    return sc, curves
+
+
+def _strain_sd(e, n_boot, seed) -> Quantity:
+    """The spread of the unstrained sites' e1 and e2 (pooled; their mean
+    already removed), root mean square over both components, error by
+    bootstrap over sites."""
+    e = np.asarray(e, float).reshape(-1, 2)
+    e = e[np.all(np.isfinite(e), axis=1)]
+    unit, desc = SCALARS["site_strain_sd"][:2]
+    if len(e) < 2:
+        return Quantity(math.nan, math.nan, 0, None, unit, desc, "no unstrained state")
+    sq = 0.5 * (e ** 2).sum(axis=1)
+    val, err, _ = bootstrap(lambda w: {"s": np.array(math.sqrt((w @ sq) / w.sum()))}, len(sq), n_boot, seed)
+    return Quantity(float(val["s"]), float(err["s"]), len(sq), None, unit, desc, None)
+
+
 def choose_site(meas, size: float = 0.0, factor: float = SITE_FACTOR) -> Quantity:
     """The site side a (length): ``size`` if > 0 (flagged as chosen), else
     factor x the D2min correlation length (NaN, n = 0, flag if unfitted)."""
@@ -214,25 +175,31 @@ def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
     fits = getattr(sf, "fits", {}) or {}
     xi_q = _xi_quantity(meas)
     measured = dict(meas.elastic)
-    rel = relaxation(sites.run_e_el, sites.run_de, n_boot=n_boot, seed=seed)
-    measured.update(number_density=meas.number_density, time_per_frame=meas.time_per_frame,
-                    softness_b=sc.b, self_change=meas.self_change, site_size=site_q,
-                    **meas.compression, **rel, **meas.rearrangement_stats)
+    ev = sites.events
+    rel = relaxation(ev.e_el, ev.de, n_boot=n_boot, seed=seed)
+    site_sc, site_curves = _site_softness_change(sites, meas.params, n_boot, seed)
+    measured.update(
+        number_density=meas.number_density, time_per_frame=meas.time_per_frame,
+        softness_b=site_sc.b, softness_b_particle=sc.b, self_change_particle=meas.self_change,
+        self_change=mean_quantity(ev.S1 - ev.S0, "self change", "softness",
+                                  "a rearranging site's own softness change", n_boot, seed),
+        site_size=site_q, **meas.compression, **rel,
+        frames_per_rearrangement=mean_quantity(ev.frames.astype(float), "frames", "frames",
+                                               "frames a site rearrangement lasts", n_boot, seed),
+        plastic_strain=meas.rearrangement_stats["plastic_strain"],
+        source_strength=source_strength_from_drops(ev, sites.plastic, n_boot, seed),
+        site_strain_sd=_strain_sd(sites.initial_e, n_boot, seed))
     measured["d2min_length"] = xi_q
     for k in ("c_dev", "bg_dev", "c_xy", "bg_xy", "k_sin2"):
         measured[k] = fits.get(k)
     measured["compression_length"] = fits.get("compression_length")
-    measured["source_strength"] = source_strength(
-        fits.get("c_dev") or Quantity(math.nan, flag="no strain fields"),
-        meas.rearrangement_stats["frames_per_rearrangement"], meas.elastic["nu_relaxed"],
-        sites.run_e_el, n_boot=n_boot, seed=seed)
-    # the lattice's yield table: the local elastic strain of every run at its
-    # onset (the variable the lattice triggers on), binned by site S
+    # the lattice's yield table: the site's elastic strain at the onset of
+    # every site event (the variable the lattice triggers on), by site S
     ys_table, ys = None, None
-    eps = 2 * np.hypot(sites.run_e_el[:, 0], sites.run_e_el[:, 1])
-    ok = np.isfinite(sites.run_site_S) & np.isfinite(eps) & (eps > 0)
+    eps = 2 * np.hypot(ev.e_el[:, 0], ev.e_el[:, 1])
+    ok = np.isfinite(ev.S0) & np.isfinite(eps) & (eps > 0)
     if ok.sum() >= 2:
-        S_site = sites.run_site_S[ok]
+        S_site = ev.S0[ok]
         if s_edges is None:  # YIELD_BINS uniform bins over the central 96 % of the onsets
             lo, hi = np.percentile(S_site, [2, 98])
             s_edges = np.linspace(lo, hi, YIELD_BINS + 1) if hi > lo else np.array([lo, lo + 0.1])
@@ -268,8 +235,9 @@ def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
     curves = {}
     p_s = p_s_sites(sites.sites) if sites.sites.size else None
     candidates = {
-        "c0": sc.calibration_curve("c0"),
-        "c1": meas.softness_change_near.calibration_curve("c1"),
+        "c0": site_curves["c0"], "c1": site_curves["c1"],
+        "c0_particle": sc.calibration_curve("c0"),
+        "c1_particle": meas.softness_change_near.calibration_curve("c1"),
         "p_s": p_s,
         "yield_strain": ys_table,
         "g2": g2_entry(meas.pair_correlation),

@@ -77,20 +77,22 @@ centres, not on bin edges.
 
 dS(r): the lattice run files do not record the softness change of the
 sites around a rearrangement, only the rearranging site's own S before and
-after. So the figure compares the particles' c0(r), c1(r) (per frame, from
-the calibration file) with the site-averaged kernels the lattice applies
-per frame of a rearrangement (``lattice.model.site_average_kernel`` of the
-same curves, radial average over sites at distance a |d|; zero for the
-models without softness), and the table compares the self change: the
-calibration's ``self_change`` vs the lattice's mean S_after - S_before.
+after. So the figure compares the site-level c0(r), c1(r) measured on the
+particle runs (calibrate/site_events.py: frames with exactly one
+rearranging site, the lattice tiling of the calibrated side a) with the
+kernels the lattice applies per frame of a rearrangement
+(``lattice.model.site_kernel`` of the calibration's curves, radial average
+over sites at distance a |d|; zero for the models without softness), and
+the table compares the self change: the particle site events' mean
+S(end) - S(onset) vs the lattice's mean S_after - S_before.
 
 P(S): particles, from ``analysis.h5``: "all" = softness of every particle
 of ``species`` in the minimised state of every ``ps_every``-th step;
 "rearrangers" = softness of each particle rearrangement run (events
 definition, particles of ``species``) at its onset frame (the first frame
-of its first pair). Site-averaged: ``lattice_mapping.site_softness`` with
-the calibrated a over all particles of the same frames ("all"), and the
-site softness of the onset site of each rearranger ("rearrangers").
+of its first pair). Site-averaged: the site softness of the same frames
+("all") and of each site event at its onset ("rearrangers"), on the
+lattice tiling of the calibrated a (calibrate/site_events.py).
 Lattice: "all" = the final state's S (every site), "rearrangers" =
 S_before of every rearrangement row.
 
@@ -111,6 +113,8 @@ from scipy.sparse.csgraph import connected_components
 from ..lattice.analysis import fit_power_law, log_binned_pdf
 from .correlations import pair_correlation
 from .fits import min_image
+from .softness_change import softness_change
+from .strain_fields import strain_fields
 
 log = logging.getLogger(__name__)
 
@@ -313,20 +317,21 @@ def lattice_r_edges(cfg, a, L):
 
 def _radial_kernel(plane, L, a):
     """Radial average of a site-kernel plane (entry [dx, dy] at the
-    minimum-image offset) over sites at the same distance a |d|; r > 0."""
+    minimum-image offset) over sites at the same distance a |d|, r = 0 the
+    rearranging site itself."""
     idx = np.minimum(np.arange(L), L - np.arange(L))
     d = np.hypot(idx[:, None], idx[None, :]) * a
     key = np.round(d, 9)
     u, inv = np.unique(key.ravel(), return_inverse=True)
     val = np.bincount(inv, plane.ravel()) / np.bincount(inv)
-    keep = (u > 0) & (u <= 0.5 * L * a)
+    keep = u <= 0.5 * L * a
     return u[keep], val[keep]
 
 
 def measure_lattice(label, path, cfg):
     """SourceResult of one lattice run file (module docstring)."""
     from ..lattice.calibration import parse_calibration
-    from ..lattice.model import radial_profile, site_average_kernel
+    from ..lattice.model import radial_profile, site_kernel
     from ..lattice.output import load_run
     import json
 
@@ -345,6 +350,12 @@ def measure_lattice(label, path, cfg):
     res.extra["rows_per_avalanche_mean"] = float(rows_per.mean()) if n_av else math.nan
     res.extra["rearrangements_per_avalanche_mean"] = float(sizes.mean()) if n_av else math.nan
     res.plastic = (A["stress_before"] - A["stress_after"]) * (L * a) ** 2 / (2 * mu)
+    res.extra.update(plastic_gamma=np.asarray(A["gamma"], float),
+                     s_stats=(np.asarray(A["gamma"], float), np.asarray(A["S_mean"], float),
+                              np.asarray(A["S_std"], float)),
+                     ps_site_rearr_gamma=np.asarray(R["gamma"], float),
+                     p1=np.asarray(R["p1"], float), p2=np.asarray(R["p2"], float),
+                     n_frames=int(par["n_frames"]), nu=float(par["nu"]))
     # g2 on busy sites
     avs = []
     order = np.argsort(R["avalanche"], kind="stable")
@@ -368,10 +379,8 @@ def measure_lattice(label, path, cfg):
     if opts.get("softness", True):
         try:
             cal = parse_calibration(json.loads(at["calibration"]), f"{path} attrs")
-            r0, c0 = _radial_kernel(site_average_kernel(radial_profile(cal.curves["c0"]), L, a,
-                                                        par["n_per_site"]), L, a)
-            _, c1 = _radial_kernel(site_average_kernel(radial_profile(cal.curves["c1"]), L, a,
-                                                       par["n_per_site"]), L, a)
+            r0, c0 = _radial_kernel(site_kernel(radial_profile(cal.curves["c0"]), L, a), L, a)
+            _, c1 = _radial_kernel(site_kernel(radial_profile(cal.curves["c1"]), L, a), L, a)
             res.ds_kernel = {"r": r0, "c0": c0, "c1": c1}
         except Exception as exc:  # an old or odd calibration: the figure goes without it
             res.notes.append(f"no softness kernel ({exc})")
@@ -391,25 +400,29 @@ def measure_particles(pairs, cfg, cal, progress=None):
     from ..particles.analysis_file import SoftnessAnalysis
     from ..particles.trajectory import Trajectory
     from .extract import ExtractParams, extract
-    from .lattice_mapping import site_softness, site_softness_of_particles
+    from .site_events import lattice_distance_edges, measure_sites
 
     res = SourceResult(label="particles", kind="particles")
     mu = float(cal["mu_relaxed"])
     a = float(cal["site_size"])
     params = replace(ExtractParams(), species="both", lags=(1,), n_boot=0)
-    g2_avs, sizes, plastic = [], [], []
-    ps_all, ps_re, pss_all, pss_re = [], [], [], []
+    g2_avs, sizes, plastic, plastic_g = [], [], [], []
+    ps_all, ps_re, runs = [], [], []
+    iso_fields = []
     n_empty = n_av = 0
     sel_name = cfg.species
     cl_name = cfg.cluster_species
     for tp, ap in pairs:
         ex = extract(tp, ap, params, want=("avalanches", "rearrangements"), progress=progress)
+        iso = extract(tp, ap, ExtractParams(n_boot=0), want=("isolated",), progress=progress).isolated
+        iso_fields += iso.field
         with Trajectory(tp) as t, SoftnessAnalysis(ap) as an:
             species = np.asarray(t.species, np.int64)
             Lx, Ly = t.box_lengths
             V = Lx * Ly
             table = t.avalanches()
             drop = dict(zip(np.asarray(table["id"]).tolist(), np.asarray(table["stress_drop"]).tolist()))
+            av_gamma = dict(zip(np.asarray(table["id"]).tolist(), np.asarray(table["gamma"]).tolist()))
             seq = an.sequence()
             gam = t.observable("gamma")
             sxy = t.observable("stress")[:, 0, 1]
@@ -443,41 +456,40 @@ def measure_particles(pairs, cfg, cal, progress=None):
                 else:
                     sizes.append(n_cl)
                 plastic.append(drop.get(aid, math.nan) * V / (2 * mu))
+                plastic_g.append(av_gamma.get(aid, math.nan))
                 r0 = first_row[aid]
                 for p, s0 in zip(rr.particle, rr.start):
                     if sel[p]:
                         onset_rows.setdefault(r0 + int(s0), []).append(int(p))
-            # P(S): minimised states every ps_every steps, and rearranger onsets
-            k0 = np.flatnonzero(seq["kind"] == 0)[::cfg.ps_every]
-            for i in k0:
-                S = an.field("softness", int(i)).astype(float)
-                ps_all.append(S[sel])
-                pos = t.sequence_position(int(seq["kind"][i]), int(seq["row"][i]))
-                pss_all.append(site_softness(pos, S, (Lx, Ly, float(seq["gamma"][i])), a))
+            # P(S) of particles: minimised states every ps_every steps, and rearranger onsets
+            for i in np.flatnonzero(seq["kind"] == 0)[::cfg.ps_every]:
+                ps_all.append(an.field("softness", int(i)).astype(float)[sel])
             for i, parts in sorted(onset_rows.items()):
-                S = an.field("softness", int(i)).astype(float)
-                parts = np.asarray(parts, np.int64)
-                ps_re.append(S[parts])
-                pos = t.sequence_position(int(seq["kind"][i]), int(seq["row"][i]))
-                pss_re.append(site_softness_of_particles(pos, S, (Lx, Ly, float(seq["gamma"][i])),
-                                                         a)[parts])
+                ps_re.append(an.field("softness", int(i)).astype(float)[np.asarray(parts, np.int64)])
+        runs.append(ex.runs)
     cat = (lambda x: np.concatenate(x) if x else np.zeros(0))
     res.sizes = np.asarray(sizes, np.int64)
     res.plastic = np.asarray(plastic, float)
     res.n_avalanches, res.n_empty = n_av, n_empty
     res.g2 = _g2(g2_avs, cfg, particle_r_edges(cfg), cfg.g2_fit_range)
     res.ps_all, res.ps_rearr = cat(ps_all), cat(ps_re)
-    res.ps_site_all, res.ps_site_rearr = cat(pss_all), cat(pss_re)
-    q = cal.get("self_change")
-    res.self_change = float(q.value) if q is not None else math.nan
-    ds = {}
-    for name in ("c0", "c1"):
-        c = cal.curves.get(name)
-        if c is not None:
-            ds[name] = (np.asarray(c["r"], float), np.asarray(c["value"], float),
-                        np.asarray(c["error"], float))
-    res.ds_kernel = ds
-    res.extra.update(a=a, mu=mu, files=len(pairs))
+    # the site level, as the calibration measures it (calibrate/site_events.py)
+    sites = measure_sites(pairs, runs, a, mu, cfg.ps_every)
+    ev = sites.events
+    res.ps_site_all, res.ps_site_rearr = sites.sites, ev.S0
+    dS = ev.S1 - ev.S0
+    res.self_change = float(np.nanmean(dS)) if np.isfinite(dS).any() else math.nan
+    edges, d = lattice_distance_edges(a, 15.0)
+    sc = softness_change(sites.softness, r_edges=edges, n_boot=cfg.n_boot, seed=cfg.seed, keep_origin=True)
+    c0 = replace(sc.c0, r=d)
+    res.ds_kernel = {"c0": (c0.r, c0.value, c0.error), "c1": (d, sc.c1.value, sc.c1.error)}
+    res.extra.update(a=a, mu=mu, files=len(pairs), ps_site_all_gamma=sites.gammas,
+                     ps_site_all_frames=sites.frames, ps_site_rearr_gamma=ev.gamma,
+                     plastic_gamma=np.asarray(plastic_g, float), isolated_events=len(iso_fields),
+                     site_events=len(ev), c0_measured=c0)
+    # one rearrangement's far field, measured as the calibration does
+    sf = strain_fields(iso_fields, n_boot=cfg.n_boot, seed=cfg.seed)
+    res.extra["far_field"] = {k: sf.fits[k] for k in ("c_dev", "c_xy", "k_sin2")}
     return res
 
 
@@ -661,19 +673,20 @@ def fig_ds(results, cfg):
                     rr, v, e = k[name]
                     ok = np.isfinite(v)
                     ax.errorbar(rr[ok], v[ok], np.nan_to_num(e[ok]), fmt="o", ms=3, color="k",
-                                label=f"{r.label} (calibration, per particle)")
+                                label=f"{r.label} (measured, site level)")
             elif k.get("r") is not None and len(k["r"]):
-                ax.plot(k["r"], k[name], ls="-", ms=3, label=f"{r.label} (applied site average)", **st)
+                ax.plot(k["r"], k[name], ls="-", ms=3, label=f"{r.label} (applied)", **st)
         ax.axhline(0, color="k", lw=0.5)
-        ax.set_xscale("log")
+        ax.set_xscale("symlog", linthresh=1.0)
         ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_xlabel("r (small diameters)")
+        ax.set_xlabel("r between site centres (small diameters; 0 = the rearranging site)")
         ax.set_ylabel(f"{name}(r) per frame")
         _legend(ax, 7)
-    return fig, ("Softness change per frame around a rearrangement: dS = c0(r) + c1(r)(S - <S>) + b k. "
-                 "Particles: the calibration's c0, c1; lattice: the site-averaged kernels each run "
-                 "applies per frame of a rearrangement (its files hold no measured dS(r); zero without "
-                 "softness). Self change in the table.")
+    return fig, ("Softness change per frame of a site at distance r from a rearranging site (r = 0: the "
+                 "site itself): dS = c0(r) + c1(r)(S - <S>) + b k. Particles: measured on these runs "
+                 "coarse-grained on the lattice tiling (frames with exactly one rearranging site, "
+                 "calibrate/site_events.py); lattice: the calibrated kernels each run applies "
+                 "(zero without softness).")
 
 
 def fig_ps(results, cfg):

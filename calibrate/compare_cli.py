@@ -279,6 +279,23 @@ def run(cfg: CompareConfig, resolved_yaml: str) -> Path:
     rep = HtmlReport("step-compare: particles vs lattice")
     rep.paragraph(f"Calibration: {cal_src}. Particle trajectories: {len(pairs)}; lattice runs: "
                   + ", ".join(f"{lab} ({f})" for lab, f in lat) + ".")
+    status = calibration_status(cal)
+    rep.heading("Calibration status")
+    rep.paragraph(status["text"])
+    if status["placeholders"]:
+        rep.table(["placeholder", "value", "why"], status["placeholders"])
+    closure = None
+    if particles and lattices:
+        closure = _closure(particles[0], lattices, cal, pairs)
+        rep.heading("Closure: particles (held-out) vs the calibrated STEP lattice"
+                    if closure.held_out else "Closure: particles vs the calibrated STEP lattice")
+        rows, classes = _closure_rows(closure)
+        rep.table(["item", "particles", "lattice (STEP)", "band", "verdict", "note"], rows, classes)
+        j = closure.to_json()
+        rep.paragraph(f"{j['passed']} of {len(closure.rows)} rows pass, {j['failed']} fail, "
+                      f"{j['undecided']} undecided (too little data). "
+                      + " ".join(closure.notes) + (" " if closure.notes else "")
+                      + "Definitions: calibrate/closure.py.")
     rep.heading("Fitted exponents")
     lags = list(cfg.g2_lags)
     rep.table(["source", "kind", "avalanches", "mean size", f"tau size (s_min {cfg.s_min})",
@@ -318,12 +335,73 @@ def run(cfg: CompareConfig, resolved_yaml: str) -> Path:
                             "link_distance": cfg.link_distance, "g2_lags": lags,
                             "g2_fit_range": list(cfg.g2_fit_range),
                             "lattice_g2_fit_range": list(cfg.lattice_g2_fit_range)},
+               "calibration_status": {"calibrated": status["calibrated"],
+                                      "placeholders": [r[0] for r in status["placeholders"]]},
+               "closure": closure.to_json() if closure is not None else None,
                "exponents": table, "figures": figures}
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(_clean(summary), indent=1))
     tmp.replace(out / "summary.json")
     log.info("wrote %s", path)
     return path
+
+
+def calibration_status(cal) -> dict:
+    """{"calibrated", "text", "placeholders": [[name, value, why]]}: whether
+    the calibration is measured, and every required number that is a
+    placeholder (flag naming it so), for the top of the page."""
+    from .compare import _fmt
+
+    rows = []
+    for name, q in cal.scalars.items():
+        if q.flag and "placeholder" in q.flag:
+            rows.append([name, _fmt(q.value), q.flag])
+    if cal.calibrated:
+        text = "The calibration is measured: every required number comes from the particle data."
+    else:
+        text = (f"The calibration is NOT fully calibrated: {len(rows)} required number(s) are "
+                "placeholders (below), so the lattice is not the particles' material in those "
+                "respects and the closure rows that depend on them are expected to fail.")
+    return {"calibrated": bool(cal.calibrated), "text": text, "placeholders": rows}
+
+
+def _held_out(pairs, cal) -> bool:
+    """None of the trajectories (by content) is among the calibration's inputs."""
+    from ..provenance import file_sha256
+
+    used = {i.get("sha256") for i in (cal.inputs or [])}
+    return not any(file_sha256(t) in used for t, _ in pairs)
+
+
+def _closure(particles, lattices, cal, pairs):
+    from .closure import closure_rows
+
+    def opts(r):
+        o = r.extra.get("options") or {}
+        return (o.get("trigger", "eps_dev"), o.get("softness", True), o.get("volumetric", True))
+
+    step = [r for r in lattices if opts(r) == ("eps_dev", True, True)]
+    e2 = [r for r in lattices if opts(r) == ("e2", True, True)] or None
+    if not step:
+        step = lattices[:1]
+    return closure_rows(particles, step, cal, e2=e2, held_out=_held_out(pairs, cal))
+
+
+def _closure_rows(closure):
+    from .compare import _fmt
+
+    def cell(d):
+        if not math.isfinite(d["value"]):
+            return f"NaN (n {d['n']})"
+        err = f" +- {_fmt(d['error'])}" if math.isfinite(d["error"]) else ""
+        return f"{_fmt(d['value'])}{err} (n {d['n']})"
+
+    rows, classes = [], []
+    for r in closure.rows:
+        verdict = {True: "pass", False: "FAIL", None: "undecided"}[r.passed]
+        rows.append([r.item, cell(r.particles), cell(r.lattice), r.band, verdict, r.note])
+        classes.append({True: "pass", False: "fail", None: "undecided"}[r.passed])
+    return rows, classes
 
 
 def _clean(x):

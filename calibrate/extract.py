@@ -73,14 +73,14 @@ skipped without reading positions (no rearranger there).
 5. Rearrangements: per avalanche, flags (F_a, N) = rearrangers (chosen
    species) of its pairs (as in 3) and eps_dev (F_a, N) of the same rows ->
    ``events.find_rearrangements`` (runs of consecutive flagged pairs).
-   Runs (``Extract.runs``): every rearrangement run of a particle of the
-   chosen species (consecutive flagged pairs, any pair) as (particle, f0,
-   e_end): it starts at frame f0 (the last frame before it yields) and its
-   last flagged pair ends at frame e_end. Its local elastic strain at f0
-   and e_end is read from the local stress once the site side is known
-   (``local_deviatoric_stress``, calibrate/assemble.py): the threshold and
-   the relaxation in the variable the lattice triggers on. Self change:
-   softness at e_end minus softness at f0. Frame times: consecutive differences of
+   Runs (``Extract.runs``): every rearrangement run of a particle of any
+   species (consecutive flagged pairs, any pair) as (particle, f0, e_end):
+   it starts at frame f0 (the last frame before it yields) and its last
+   flagged pair ends at frame e_end. Once the site side is known the runs
+   are grouped into site events (a site rearranges when any of its
+   particles does, SPEC.md section 4 item 8; calibrate/site_events.py),
+   which give the lattice its laws. Self change (per particle, reported):
+   softness at e_end minus softness at f0, particles of the chosen species. Frame times: consecutive differences of
    the frame table's ``time`` within each avalanche (its saved frames; the
    last frame -> minimised state interval is not a full frame and is left
    out; ``skip_first_interval`` drops the start -> frame 1 interval, which
@@ -116,11 +116,8 @@ from step_epm.config_checks import ConfigError, check_choice, check_range
 from step_epm.provenance import file_sha256
 
 from ..particles.analysis_file import SoftnessAnalysis
-from ..particles.potential import evaluate
 from ..particles.rearrangements import (correlation_length, d2min_correlation, isolated_rearranger,
-                                        local_deformation, minimum_image_distance,
-                                        neighbour_images, rearrangers)
-from ..particles.state import State
+                                        local_deformation, minimum_image_distance, rearrangers)
 from ..particles.trajectory import Trajectory
 from . import compression as comp
 from .correlations import pair_correlation
@@ -416,23 +413,6 @@ class _Source:
                                  *self.box(hi))
 
 
-def local_deviatoric_stress(state, idx, radius) -> np.ndarray:
-    """(len(idx), 2) deviatoric stress (s1, s2) = ((sigma_xx - sigma_yy)/2,
-    sigma_xy) of the disks of ``radius`` (length) around particles ``idx``
-    (State ``state``, any frame, forces balanced or not): the sum of the
-    per-particle virials of the particles whose centres lie in the disk
-    (minimum image, the particle itself included) over the disk's area pi
-    radius^2 (energy/length^2). Divided by 2 mu it is the local elastic
-    deviatoric strain (e1, e2), with a stress-free reference."""
-    vir = evaluate(state).virial_per_particle
-    off, nbr, _, _ = neighbour_images(state.pos, state.Lx, state.Ly, state.gamma, radius)
-    out = np.empty((len(idx), 2))
-    for j, k in enumerate(idx):
-        v = vir[k] + vir[nbr[off[k]:off[k + 1]]].sum(axis=0)
-        out[j] = 0.5 * (v[0, 0] - v[1, 1]), 0.5 * (v[0, 1] + v[1, 0])
-    return out / (math.pi * radius * radius)
-
-
 def _progress(progress, total, desc):
     """A callable update(n_done) from ``progress`` (None, True: tqdm, or a
     callable(done, total, desc))."""
@@ -518,16 +498,19 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
             comp_events.append(comp.CompressionEvent(t_arr[ok], dq[ok]))
 
     def end_runs(mask, e_end):
-        """Rearrangements of particles in ``mask`` end at frame e_end."""
+        """Rearrangements of particles in ``mask`` end at frame e_end (runs of
+        every species; the self change of the chosen species)."""
         idx = np.flatnonzero(mask & (onset_row >= 0))
         if idx.size == 0:
             return
         S_end = src.row("softness", e_end)
         for f0 in np.unique(onset_row[idx]):
             g = idx[onset_row[idx] == f0]
-            S0 = src.row("softness", int(f0))
-            self_all.append(S_end[g] - S0[g])
             runs.append(np.column_stack([g, np.full(g.size, f0), np.full(g.size, e_end)]))
+            g = g[sel[g]]
+            if g.size:
+                S0 = src.row("softness", int(f0))
+                self_all.append(S_end[g] - S0[g])
         onset_row[idx] = -1
 
     for i in range(1, F):
@@ -570,6 +553,7 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
         # -- rearrangement runs: ends, then onsets at f0 = i - 1
         if need_onsets:
             end_runs(prev_flags & ~flags, i - 1)
+            onset_row[flags & ~prev_flags] = i - 1     # runs of every species start
             new = fsel & ~prev_flags
             if new.any():
                 f0 = i - 1
@@ -580,7 +564,6 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
                         S = src.row("softness", f0 - df)
                         ons[lab].append((S[idx], d.eps_dev[idx], d.e1[idx], d.e2[idx], idx,
                                          np.full(idx.size, f0), np.full(idx.size, f0 - df)))
-                onset_row[idx] = f0
                 if "compression" in want and p.compression_source == "onsets" and in_av:
                     kk, pos0 = src.row("k", i), src.pos(f0)
                     for q in idx:
@@ -663,7 +646,6 @@ def _scan(src: _Source, p: ExtractParams, want, traj_index, progress, desc):
                               np.array(iso["particle"], np.int64),
                               np.array(iso["species"], np.int64),
                               np.array(iso["avalanche"], np.int64))
-    cat2 = (lambda a: np.concatenate(a) if a else np.empty((0, 2)))
     cat1 = (lambda a: np.concatenate(a) if a else np.empty(0))
     return Extract(isolated=isolated, all_events=all_events, avalanches=avalanches,
                    onsets={lab: onsets_of(lab) for lab in labels}, rearrangements=rearr,

@@ -165,12 +165,13 @@ def polar(origin, pos, box):
     return np.hypot(d[:, 0], d[:, 1]), np.mod(np.arctan2(d[:, 1], d[:, 0]), 2 * np.pi)
 
 
-def radial_bins(r, edges, cap):
-    """Bin index of each r in ``edges``; -1 outside the bins or in a bin
-    whose upper edge exceeds ``cap`` (only whole annuli are kept)."""
+def radial_bins(r, edges, cap, keep_origin=False):
+    """Bin index of each r in ``edges``; -1 outside the bins, in a bin
+    whose upper edge exceeds ``cap`` (only whole annuli are kept), or at
+    r = 0 (the origin itself) unless ``keep_origin``."""
     b = np.searchsorted(edges, r, side="right") - 1
     nb = edges.size - 1
-    ok = (b >= 0) & (b < nb) & (r > 0)
+    ok = (b >= 0) & (b < nb) & ((r > 0) | keep_origin)
     ok[ok] &= edges[b[ok] + 1] <= cap
     return np.where(ok, b, -1)
 
@@ -271,6 +272,32 @@ def power_law(r, y, err, fit_range, sign=None):
     return float(A), float(p), sign, int(rs.size)
 
 
+#: a tail fit is flagged when more than this fraction of its bins has the other sign
+SIGN_CHANGE_FRACTION = 0.2
+
+
+def tail_fit_flag(curve, fit_range, A, p, sign, npts, eA, ep):
+    """Why a power-law tail fit sign A r^-p of ``curve`` over ``fit_range``
+    is not a result, or None: fewer than 3 finite bins, a failed fit, an
+    exponent <= 0 (not a decaying tail), an error above the value (amplitude
+    or exponent), or more than SIGN_CHANGE_FRACTION of the bins of the
+    other sign (a single-sign power law does not describe the data)."""
+    if npts < 3:
+        return f"fewer than 3 finite bins in the fit range {tuple(fit_range)}"
+    if not (math.isfinite(A) and math.isfinite(p)):
+        return "power-law fit failed"
+    if p <= 0:
+        return f"exponent {p:.3g} <= 0: not a decaying tail"
+    if (math.isfinite(eA) and eA > A) or (math.isfinite(ep) and ep > abs(p)):
+        return f"undetermined: error above value (A {A:.2g} +- {eA:.2g}, p {p:.2g} +- {ep:.2g})"
+    r, y = np.asarray(curve.r, float), np.asarray(curve.value, float)
+    sel = (r >= fit_range[0]) & (r <= fit_range[1]) & np.isfinite(y) & (r > 0)
+    other = np.mean(np.sign(y[sel]) == -sign) if sel.any() else 0.0
+    if other > SIGN_CHANGE_FRACTION:
+        return f"the data change sign in the fit range ({100 * other:.0f} % of the bins of the other sign)"
+    return None
+
+
 def power_law_fit(curve, replicates, fit_range, n, unit, what):
     """Power-law tail of a ``Curve`` as the calibration file's radial fit
     {"amplitude": Quantity, "exponent": Quantity, "sign": +1/-1}.
@@ -282,9 +309,7 @@ def power_law_fit(curve, replicates, fit_range, n, unit, what):
     A, p, sign, npts = power_law(curve.r, curve.value, curve.error, fit_range)
     reps = np.array([power_law(curve.r, rep, curve.error, fit_range, sign)[:2] for rep in replicates])
     eA, ep = spread(reps.reshape(-1, 2)) if len(reps) else (math.nan, math.nan)
-    flag = None if npts >= 3 else f"fewer than 3 finite bins in the fit range {fit_range}"
-    if npts >= 3 and not math.isfinite(A):
-        flag = "power-law fit failed"
+    flag = tail_fit_flag(curve, fit_range, A, p, sign, npts, eA, ep)
     nn = n if math.isfinite(A) else 0
     return {"amplitude": quantity(A, eA, nn, fit_range, unit, f"{what}: amplitude A of sign A r^-p", flag),
             "exponent": quantity(p, ep, nn, fit_range, "1", f"{what}: exponent p of sign A r^-p", flag),

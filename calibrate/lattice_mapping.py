@@ -47,14 +47,12 @@ flag, never an exception.
 """
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from step_epm.lattice.calibration import Quantity
-from step_epm.lattice.model import radial_profile, site_average_kernel
 
-from .fits import check_array, check_box, check_edges, mean_quantity, reduced_tilt
+from .fits import bootstrap, check_array, check_box, check_edges, mean_quantity, reduced_tilt
 from .yield_strain import yield_strain
 
 #: a = SITE_FACTOR x xi: the side of the square whose area equals the
@@ -289,140 +287,6 @@ def yield_strain_sites(eps, S_site, s_edges=np.arange(-3.0, 2.01, 0.5), u=np.lin
 
 
 # --------------------------------------------------------------------------
-# softness kernels on sites
-# --------------------------------------------------------------------------
-
-@dataclass
-class SiteKernels:
-    """Result of ``site_kernels`` (softness per frame; offsets in sites).
-
-    c0, c1: (L, L) the lattice's site kernels (entry [dx, dy] = mean of
-        c(a |x|) over the site at minimum-image offset (dx, dy); c0[0, 0]
-        already multiplied by (n_site - 1)/n_site, as the lattice uses it).
-    offsets: (m, 2) int, the distinct offsets 0 <= dy <= dx <= L // 2;
-        r: (m,) their centre distance in particle lengths (a |offset|);
-        c0_offsets, c1_offsets: (m,) the kernels there.
-    n_per_site: particles per site (number density x a^2).
-    self_c0: c0[0, 0], the c0 share of the source site (its other
-        particles). self_frame: self_change/(n_f n_site), the rearranger's
-        own change spread over its site and frames (NaN if not given).
-        self_total: self_c0 + self_frame, the source site's change per
-        frame besides c1 (S - <S>) and b dk.
-    flag: why entries are NaN (None if none is).
-    """
-
-    c0: np.ndarray
-    c1: np.ndarray
-    offsets: np.ndarray
-    r: np.ndarray
-    c0_offsets: np.ndarray
-    c1_offsets: np.ndarray
-    n_per_site: float
-    self_c0: float
-    self_frame: float
-    self_total: float
-    flag: str | None
-
-
-def _check_radial(c, name):
-    """A calibration radial curve dict (r, value, fit{amplitude, exponent, sign})."""
-    try:
-        r = np.asarray(c["r"], dtype=float)
-        v = np.asarray(c["value"], dtype=float)
-        fit = c["fit"]
-        amp, expo, sign = fit["amplitude"], fit["exponent"], fit["sign"]
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{name} must be a calibration radial curve {{r, value, fit: "
-                         f"{{amplitude, exponent, sign}}}} (or None)") from None
-    if r.ndim != 1 or r.size == 0 or v.shape != r.shape or np.any(np.diff(r) <= 0):
-        raise ValueError(f"{name}: r must be 1-D, non-empty and increasing, value of the same length")
-    if sign not in (1, -1):
-        raise ValueError(f"{name}: fit sign must be +1 or -1, got {sign!r}")
-    curve = {"r": r, "value": v, "fit": {"amplitude": _as_quantity(amp, f"{name} amplitude"),
-                                         "exponent": _as_quantity(expo, f"{name} exponent"),
-                                         "sign": sign}}
-    problems = []
-    if not np.all(np.isfinite(v)):
-        problems.append(f"{name} has non-finite values")
-    if not (math.isfinite(curve["fit"]["amplitude"].value) and math.isfinite(curve["fit"]["exponent"].value)):
-        problems.append(f"{name} tail fit is NaN (kernel NaN beyond r = {r[-1]:g})")
-    return curve, problems
-
-
-def site_kernels(c0, c1, a, L, number_density, self_change=None, frames_per_rearrangement=None):
-    """c0(r), c1(r) averaged over site areas, exactly as the lattice does.
-
-    Reuses ``lattice.model.radial_profile`` (first bin's value inside r_0,
-    linear between bin centres, the power-law fit beyond the last bin) and
-    ``lattice.model.site_average_kernel`` (Gauss-Legendre, 8 x 8 points per
-    site; 64 cells x 8 x 8 within two sites of the source). Accuracy
-    against the exact site mean (tests/test_calibrate_mapping.py, a = 3):
-    1e-4 relative or better within two sites of the source (the composite
-    rule resolves the flat core's edge), about 1e-3 for farther sites that
-    contain the binned part of the curve (its piecewise-linear kinks at the
-    bin centres), 1e-6 or better where only the power-law tail contributes.
-
-    The self site (SPEC.md section 5): the rearranger's own change plus the
-    c0 average over the rest of its site. The lattice applies c0[0, 0] =
-    (n_site - 1)/n_site x (c0 averaged over the site) plus, per frame,
-    self_change/(n_f n_site); both are reported.
-
-    Args:
-        c0, c1: calibration radial curves ({r, value, error, n, fit}, e.g.
-            ``SoftnessChange.calibration_curve``), or None (no data).
-        a: site side (length; number or Quantity). L: lattice side (sites, >= 2).
-        number_density: N/V (1/length^2; number or Quantity); a^2 x it must be >= 1.
-        self_change, frames_per_rearrangement: optional numbers or Quantities.
-    Returns:
-        SiteKernels; NaN entries (and a flag) for a missing curve or a NaN fit.
-    """
-    a = _check_a(a)
-    if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 2:
-        raise ValueError(f"L must be an integer >= 2, got {L!r}")
-    L = int(L)
-    rho = _as_quantity(number_density, "number_density").value
-    if not (math.isfinite(rho) and rho > 0):
-        raise ValueError(f"number_density must be finite and > 0, got {rho!r}")
-    n_site = rho * a * a
-    if n_site < 1:
-        raise ValueError(f"a site must hold at least one particle: number_density x a^2 = {n_site:g} "
-                         f"(a = {a:g} too small)")
-    flags, kern = [], {}
-    for name, c in (("c0", c0), ("c1", c1)):
-        if c is None:
-            flags.append(f"{name}: no data")
-            kern[name] = np.full((L, L), np.nan)
-            continue
-        curve, problems = _check_radial(c, name)
-        flags += problems
-        with np.errstate(invalid="ignore"):
-            kern[name] = site_average_kernel(radial_profile(curve), L, a, n_site)
-    self_frame = math.nan
-    if self_change is not None:
-        sc = _as_quantity(self_change, "self_change").value
-        nf = 1.0 if frames_per_rearrangement is None else \
-            _as_quantity(frames_per_rearrangement, "frames_per_rearrangement").value
-        if math.isfinite(nf):
-            if nf < 1:
-                raise ValueError(f"frames_per_rearrangement must be >= 1, got {nf!r}")
-            nf = max(1, int(round(nf)))  # as the lattice rounds it
-        self_frame = sc / (nf * n_site)
-        if not math.isfinite(self_frame):
-            flags.append("self_change or frames_per_rearrangement is NaN")
-    h = L // 2
-    dx, dy = np.meshgrid(np.arange(h + 1), np.arange(h + 1), indexing="ij")
-    keep = dy <= dx
-    offsets = np.column_stack([dx[keep], dy[keep]]).astype(np.int64)
-    self_c0 = float(kern["c0"][0, 0])
-    return SiteKernels(c0=kern["c0"], c1=kern["c1"], offsets=offsets,
-                       r=a * np.hypot(offsets[:, 0], offsets[:, 1]),
-                       c0_offsets=kern["c0"][offsets[:, 0], offsets[:, 1]],
-                       c1_offsets=kern["c1"][offsets[:, 0], offsets[:, 1]],
-                       n_per_site=n_site, self_c0=self_c0, self_frame=self_frame,
-                       self_total=self_c0 + self_frame, flag="; ".join(flags) or None)
-
-
-# --------------------------------------------------------------------------
 # time and diffusion
 # --------------------------------------------------------------------------
 
@@ -478,51 +342,50 @@ def lattice_diffusion(lam, mu, number_density, time_per_frame, site_size) -> Qua
     return _derived(value, rel, q, "1", "D_L dt / a^2: longitudinal diffusion constant in sites^2 per frame")
 
 
-def source_strength(c_dev, frames, nu, e_el, n_boot=200, seed=0) -> Quantity:
+def source_strength_from_drops(events, plastic, n_boot=200, seed=0) -> Quantity:
     """The lattice source strength kappa (length^2): the plastic deviatoric
-    strain x area one rearrangement releases per unit local elastic
-    deviatoric strain at its onset, fixed by its far field (SPEC.md
-    section 4, item 7).
+    strain x area one site rearrangement releases per unit of the site's
+    elastic strain at its onset (SPEC.md section 4, item 7).
 
-    A point source of plastic strain magnitude |P| (x area) has the far
-    field eps_dev = (1 + nu) |P| / (pi r^2) (SPEC.md section 5, the
-    deviatoric magnitude of the e2 source, isotropic); the particles' c_dev
-    is measured per frame pair, so one rearrangement releases
-    <|P|> = frames pi c_dev / (1 + nu), and kappa = <|P|> / <|e_el|> with
-    |e_el| = sqrt(e1^2 + e2^2) of the local elastic strain at onset. The
-    lattice releases P = kappa e (site units: kappa / a^2), so its mean far
-    field per frame is the particles' c_dev.
+    A rearrangement's strength as seen from afar: the lattice releases
+    P = kappa e per site event, whose far field is (1 + nu) |P| / (pi r^2)
+    and whose q = 0 part (the field at the largest distance) is the drop
+    2 mu P2 / V of the shear stress. The particles' avalanches drop the
+    stress by Delta sigma, i.e. release the plastic strain x area
+    Delta sigma V / (2 mu) (``site_events.SiteSamples.plastic``), carried
+    by their site events. Matching the two over all avalanches,
+    kappa = sum_avalanches Delta sigma V / (2 mu) / sum_site events e2(F0),
+    a ratio of sums over every avalanche (not only the rare isolated
+    events, whose J-strain far field c_dev is reported and compared in the
+    closure table). Error: bootstrap over avalanches.
 
     Args:
-        c_dev: Quantity (strain x length^2), ``strain_fields`` fit.
-        frames: Quantity, frames per rearrangement.
-        nu: Quantity, 2-D Poisson ratio (relaxed, the kernel's).
-        e_el: (m, 2) local elastic (e1, e2) at the onsets (rows with a
-            non-finite entry skipped); its mean magnitude gets a bootstrap
-            error over onsets.
+        events: site_events.SiteEvents (e_el at onset; traj, avalanche).
+        plastic: {(traj, avalanche id): plastic strain x area}.
     Returns:
-        Quantity (length^2): error from the inputs' relative errors in
-        quadrature; NaN, n = 0 and a flag when an input is missing, c_dev
-        is not positive or its error exceeds it.
+        Quantity (length^2), n = avalanches; NaN, n = 0 and a flag when
+        there is none, or when either sum is not positive.
     """
-    e = check_array(e_el, (None, 2), "e_el")
-    mag = np.hypot(e[:, 0], e[:, 1])
-    mag = mag[np.isfinite(mag)]
-    m = mean_quantity(mag, "|e_el|", "strain", "mean local elastic strain at onset", n_boot, seed)
-    unit = "length^2"
-    desc = "plastic strain x area per unit local elastic strain, pi frames c_dev / ((1 + nu) <|e_el|>)"
-    c = _as_quantity(c_dev, "c_dev")
-    if math.isfinite(c.value) and (c.value <= 0 or (math.isfinite(c.error) and c.error >= c.value)):
-        return Quantity(math.nan, math.nan, 0, c.fit_range, unit, desc,
-                        f"far-field amplitude c_dev = {c.value:.3g} +- {c.error:.2g} is not resolved")
-    q = {"c_dev": c, "frames": _as_quantity(frames, "frames"), "nu": _as_quantity(nu, "nu"), "e_el": m}
-    value = (math.pi * q["frames"].value * c.value / ((1.0 + q["nu"].value) * m.value)
-             if m.value > 0 else math.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = math.sqrt((c.error / c.value) ** 2 + (q["frames"].error / q["frames"].value) ** 2
-                        + (q["nu"].error / (1.0 + q["nu"].value)) ** 2 + (m.error / m.value) ** 2) \
-            if math.isfinite(value) else math.nan
-    return _derived(value, rel, q, unit, desc, c.fit_range)
+    unit, desc = "length^2", "plastic strain x area per unit site elastic strain, from the stress drops"
+    keys = sorted(plastic)
+    if not keys:
+        return Quantity(math.nan, math.nan, 0, None, unit, desc, "no avalanches")
+    where = {k: i for i, k in enumerate(keys)}
+    P = np.array([plastic[k] for k in keys], float)
+    E = np.zeros(len(keys))
+    e2 = np.asarray(events.e_el, float)[:, 1] if len(events) else np.zeros(0)
+    for tr, av, x in zip(np.asarray(events.traj), np.asarray(events.avalanche), e2):
+        i = where.get((int(tr), int(av)))
+        if i is not None and math.isfinite(x):
+            E[i] += x
+    ok = np.isfinite(P)
+    P, E = P[ok], E[ok]
+    if P.sum() <= 0 or E.sum() <= 0:
+        return Quantity(math.nan, math.nan, 0, None, unit, desc,
+                        f"sum of stress drops {P.sum():.3g} or of onset e2 {E.sum():.3g} not positive")
+    with np.errstate(divide="ignore", invalid="ignore"):   # a resample without events: inf, dropped
+        val, err, _ = bootstrap(lambda w: {"k": np.array((w @ P) / (w @ E))}, P.size, n_boot, seed)
+    return Quantity(float(val["k"]), float(err["k"]), int(P.size), None, unit, desc, None)
 
 
 # --------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class SoftnessChange:
 
 
 def softness_change(events, r_edges=np.arange(0.5, 15.01, 0.5), far_range=(4.0, 12.0),
-                    tail_range=(1.0, 10.0), n_boot=200, seed=0) -> SoftnessChange:
+                    tail_range=(1.0, 10.0), n_boot=200, seed=0, keep_origin=False) -> SoftnessChange:
     """c0(r), c1(r), b and the power-law tails of |c0|, |c1| (module docstring).
 
     Args:
@@ -86,6 +86,10 @@ def softness_change(events, r_edges=np.arange(0.5, 15.01, 0.5), far_range=(4.0, 
         far_range: (lo, hi) r range of the pooled fit of b.
         tail_range: (lo, hi) r range of the power-law fits.
         n_boot, seed: bootstrap over events.
+        keep_origin: count the entries at r = 0 (the rearranging site
+            itself in the site-level law, calibrate/site_events.py); the
+            per-particle law leaves the rearranger out (its own change is
+            ``self_change``).
     Returns:
         SoftnessChange; NaN with n = 0 (and a flag on the fitted numbers)
         where there is too little data.
@@ -107,7 +111,7 @@ def softness_change(events, r_edges=np.arange(0.5, 15.01, 0.5), far_range=(4.0, 
         if not math.isfinite(S_mean):
             raise ValueError(f"events[{i}].S_mean must be finite")
         r, _ = polar(origin, pos, box)
-        b = radial_bins(r, edges, half_width(box))
+        b = radial_bins(r, edges, half_width(box), keep_origin)
         b[~(np.isfinite(S) & np.isfinite(dS) & np.isfinite(k))] = -1
         M, v = moments(b, np.column_stack([S - S_mean, k]), dS, nb)
         Ms.append(M)

@@ -34,25 +34,30 @@ be absent. ``SCALARS`` lists every scalar's unit and allowed range.
 
 Required curves (every array a JSON list; ``n`` per point is a sample size):
 
-- ``c0``, ``c1``: per-particle softness change per frame of a particle at
-  distance r from a rearranger, dS = c0(r) + c1(r) (S - <S>) + b k
-  (SPEC.md section 4, item 3): ``r`` (bin centres, increasing, > 0),
-  ``value`` (finite), ``error``, ``n``; ``fit``: the power law of the tail,
-  ``{"amplitude": q, "exponent": q, "sign": +1 or -1}``,
-  value(r) = sign * amplitude * r^-exponent over ``amplitude.fit_range``.
+- ``c0``, ``c1``: the softness change per frame of a SITE whose centre is
+  at the lattice distance r = a |d| from a rearranging site (r = 0: the
+  rearranging site itself), dS = c0(r) + c1(r) (S - <S>) + b k with site
+  S and site k (SPEC.md section 4, items 3 and 8; measured on the particle
+  data coarse-grained on the lattice tiling, calibrate/site_events.py):
+  ``r`` (increasing, >= 0), ``value`` (finite), ``error``, ``n``; ``fit``:
+  the power law of the tail, ``{"amplitude": q, "exponent": q, "sign": +1
+  or -1}``, value(r) = sign * amplitude * r^-exponent over
+  ``amplitude.fit_range``. The per-particle laws are the optional
+  ``c0_particle``, ``c1_particle`` (same format, r > 0).
 - ``p_s``: P(S) of the site-averaged softness (SPEC.md section 5: the mean
   particle softness over a site-sized region): histogram ``edges`` (nb + 1,
   increasing), ``density`` (nb, >= 0, integrating to 1), ``n`` (nb counts).
 - ``yield_strain``: quantiles of the yield strain eps_y given the
   site-averaged softness, in the variable the lattice triggers on: the
-  local elastic deviatoric strain eps_dev at onset, from the deviatoric
-  stress of a site-sized region around the rearranger divided by
-  2 mu_relaxed (SPEC.md section 4 item 5): ``s``
+  site's elastic deviatoric strain eps_dev at the onset of a site event,
+  its deviatoric stress divided by 2 mu_relaxed (SPEC.md section 4 item
+  5): ``s``
   (nS, uniform grid), ``u`` (nU, uniform grid in [0, 1], the quantile
   levels), ``value`` (nS, nU, > 0, non-decreasing along u), ``error``
   (nS, nU), ``n`` (nS samples per S bin).
 
-Optional curves: ``g2`` (rearranger pair correlation per frame lag,
+Optional curves: ``c0_particle``, ``c1_particle`` (the per-particle
+softness change laws of isolated rearrangers), ``g2`` (rearranger pair correlation per frame lag,
 with power-law tail fits), ``strain_profiles`` (radial strain profiles
 around an isolated rearranger), ``frame_times`` (histogram of the time
 between particle frames), ``yield_strain_by_lag`` ({label: yield table}),
@@ -69,7 +74,10 @@ half-trace x area, which the lattice used with the wrong sign. The yield
 table is the local elastic strain from the stress (version 1 and 2: the
 J strain since the last rearrangement, which has no stress-free reference
 and gave a lattice stress ~10x the particles'). ``source_strength`` (new)
-ties a lattice rearrangement's far field to the particles'. A version 1
+ties a lattice rearrangement's far field to the particles'. The softness
+kernels ``c0``, ``c1`` and ``softness_b`` are site-level laws (the
+lattice applies them per site event without further averaging), and
+``self_change`` is reported, not read. A version 1
 or 2 file cannot be made to mean this without the trajectories: rerun
 step-calibrate.
 """
@@ -79,7 +87,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,13 +123,16 @@ SCALARS = {
     "compression_p": ("length^2", "plastic half-trace x area p of a rearrangement's volumetric source (> 0: the source dilates; outside field -(1 + nu)/2 p H(r, t))", None, None, False, False),
     "compression_t_centre": ("time", "centre of the Gaussian compression rate after the rearrangement starts", 0.0, None, False, False),
     "compression_width": ("time", "standard deviation of the Gaussian compression rate", 0.0, None, True, False),
-    "softness_b": ("1/strain", "b in dS = ... + b k (per-frame volumetric strain)", None, None, False, False),
-    "self_change": ("softness", "the rearranger's own softness change, after minus before", None, None, False, False),
+    "softness_b": ("1/strain", "b in dS = ... + b k of a site (per-frame site volumetric strain)", None, None, False, False),
     "relaxed_fraction": ("1", "fraction of the local elastic deviatoric strain a rearrangement relaxes", 0.0, 1.0, True, False),
-    "source_strength": ("length^2", "plastic deviatoric strain x area a rearrangement releases per unit local elastic deviatoric strain (e1, e2) at its onset, from its far field", 0.0, None, True, False),
-    "frames_per_rearrangement": ("frames", "frames a rearrangement lasts", 1.0, None, False, False),
+    "site_strain_sd": ("strain", "standard deviation of a site's elastic e1 and e2 in the unstrained jammed packing (site stress / 2 mu_relaxed; residual stresses of jamming): the lattice's initial strain field", 0.0, None, False, False),
+    "source_strength": ("length^2", "plastic deviatoric strain x area a site rearrangement releases per unit site elastic strain (e1, e2) at its onset, from the stress drops", 0.0, None, True, False),
+    "frames_per_rearrangement": ("frames", "frames a site rearrangement lasts", 1.0, None, False, False),
     # -- optional: reported, not read by the lattice -----------------------
     "residual": ("strain (eps_dev)", "eps_dev of the local elastic strain a rearrangement leaves", 0.0, None, False, False),
+    "self_change": ("softness", "a rearranging site's own softness change over its event, after minus before", None, None, False, False),
+    "self_change_particle": ("softness", "a rearranging particle's own softness change, after minus before", None, None, False, False),
+    "softness_b_particle": ("1/strain", "b of the per-particle law (isolated events)", None, None, False, False),
     "c_dev": ("strain x length^2", "c_dev in eps_dev = c_dev / r^2 + bg_dev around an isolated rearranger", None, None, False, False),
     "bg_dev": ("strain", "bg_dev in eps_dev = c_dev / r^2 + bg_dev (noise floor)", None, None, False, False),
     "c_xy": ("strain x length^2", "c_xy in <|eps_xy|>_theta = c_xy / r^2 + bg_xy", None, None, False, False),
@@ -137,14 +148,17 @@ SCALARS = {
 REQUIRED_SCALARS = ("lambda_relaxed", "mu_relaxed", "nu_relaxed", "lambda_instantaneous",
                     "mu_instantaneous", "nu_instantaneous", "number_density", "site_size",
                     "time_per_frame", "compression_p", "compression_t_centre",
-                    "compression_width", "softness_b", "self_change", "relaxed_fraction",
-                    "source_strength", "frames_per_rearrangement")
+                    "compression_width", "softness_b", "relaxed_fraction",
+                    "source_strength", "site_strain_sd", "frames_per_rearrangement")
 OPTIONAL_SCALARS = tuple(n for n in SCALARS if n not in REQUIRED_SCALARS)
 
+#: site-level softness kernels (r >= 0, r = 0 the rearranging site itself)
 RADIAL_CURVES = ("c0", "c1")
+#: the per-particle versions (reported; r > 0)
+PARTICLE_RADIAL_CURVES = ("c0_particle", "c1_particle")
 REQUIRED_CURVES = RADIAL_CURVES + ("p_s", "yield_strain")
-OPTIONAL_CURVES = ("g2", "strain_profiles", "frame_times", "yield_strain_by_lag", "p_s_particles",
-                   "p_s_rearrangers")
+OPTIONAL_CURVES = PARTICLE_RADIAL_CURVES + ("g2", "strain_profiles", "frame_times", "yield_strain_by_lag",
+                                            "p_s_particles", "p_s_rearrangers")
 CURVES = REQUIRED_CURVES + OPTIONAL_CURVES
 #: radial strain profiles (``strain_profiles.profiles``): required, then optional
 PROFILES = ("k", "eps_dev", "eps_xy", "abs_k", "abs_eps_xy")
@@ -378,8 +392,8 @@ def parse_calibration(data, source="<memory>"):
     curves = {}
     for name in [n for n in CURVES if n in cur]:
         d, f = cur[name], f"curves.{name}"
-        if name in RADIAL_CURVES:
-            curves[name] = _radial_curve(d, f, err)
+        if name in RADIAL_CURVES + PARTICLE_RADIAL_CURVES:
+            curves[name] = _radial_curve(d, f, err, zero_ok=name in RADIAL_CURVES)
         elif name in ("p_s", "p_s_particles", "p_s_rearrangers"):
             curves[name] = _histogram(d, f, err)
         elif name == "frame_times":
@@ -500,11 +514,11 @@ def _shape(a, shape, field, err, what):
         err(field, f"shape {a.shape} != {what} = {shape}")
 
 
-def _radii(d, field, err):
+def _radii(d, field, err, zero_ok=False):
     r = _array(d, "r", field, err)
     _increasing(r, f"{field}.r", err)
-    if r[0] <= 0:
-        err(f"{field}.r", "must be > 0")
+    if r[0] < 0 or (r[0] == 0 and not zero_ok):
+        err(f"{field}.r", "must be >= 0" if zero_ok else "must be > 0")
     return r
 
 
@@ -523,9 +537,9 @@ def _power_fit(fit, field, err):
     return {"amplitude": amp, "exponent": expo, "sign": int(sign)}
 
 
-def _radial_curve(d, field, err):
+def _radial_curve(d, field, err, zero_ok=False):
     _keys(d, field, err, (), ("r", "value", "error", "n", "fit"))
-    r = _radii(d, field, err)
+    r = _radii(d, field, err, zero_ok)
     out = {"r": r}
     for key in ("value", "error"):
         out[key] = _array(d, key, field, err)
@@ -683,6 +697,10 @@ def _strain_profiles(d, field, err):
 PLACEHOLDER = "placeholder: not measured (default file, see lattice/calibration.py)"
 
 
+#: sum over the square lattice Z^2 minus 0 of |d|^-3 = 4 zeta(3/2) beta(3/2) (= 9.03362)
+LATTICE_SUM_R3 = 9.0336
+
+
 def continuum_source_strength(phi, nu, a):
     """The source strength kappa (plastic strain x area per unit local
     elastic strain, length^2) of a continuum circular inclusion of the
@@ -709,18 +727,21 @@ def placeholder_calibration():
     - source strength: ``continuum_source_strength`` (the circular
       inclusion of the site's area that relaxes the fraction phi of its
       own strain) = 4 x 0.5 x 25 / 1.76 = 28.4.
-    - c0(r) = 0.06 r^-3, c1(r) = -0.01 r^-3 per frame for r >= 1 (held at
-      the r = 1 value inside): softening near a rearrangement that decays
-      with distance, and a weak relaxation of S towards <S> (order of
-      magnitude of the literature, e.g. Zhang et al., PRX 12, 031010 (2022));
-      b = 5 (dilation softens).
-    - self change: chosen so that the total softness is conserved,
-      self = -(frames per rearrangement) x n x integral of c0 over the plane
-      = -3 n 3 pi 0.06 (= -1.313).
+    - site-level softness kernels (per frame of a rearranging site, r the
+      distance between site centres): c0(r) = 0.01 (r/a)^-3, c1(r) =
+      -0.002 (r/a)^-3 for r >= a (softening around a rearrangement that
+      decays with distance, a weak relaxation of S towards <S>; order of
+      magnitude of the literature, e.g. Zhang et al., PRX 12, 031010
+      (2022)); the site itself c0(0) = -0.01 x 9.0336 (so that the total
+      softness is conserved: sum over the square lattice of |d|^-3 =
+      4 zeta(3/2) beta(3/2) = 9.0336) and c1(0) = -0.02; b = 5 (dilation
+      softens).
     - P(S) of site-averaged S: Gaussian, mean -0.5, sd 0.5, on [-3, 2].
     - yield strain given S: Weibull, shape 2, scale 0.06 exp(-0.3 S)
       (eps_dev units), quantiles u = 0.005 ... 0.995, S = -2 ... 1.
     - relaxed fraction 0.5, frames per rearrangement 3.
+    - site strain sd 0.012 (the order measured in the unstrained N = 1024
+      packings at phi = 0.9 with a = 3.8).
 
     The optional (reported-only) scalars and curves are measurements with
     no meaningful placeholder and are absent.
@@ -729,11 +750,8 @@ def placeholder_calibration():
         return Quantity(float(value), abs(float(value)) * rel_err, 0, None, unit, "", PLACEHOLDER)
 
     density = 0.9 / (np.pi * (0.5**2 + 0.7**2) / 2)
-    frames = 3.0
-    c0_amp, c1_amp, expo = 0.06, 0.01, 3.0
-    # sum over particles of c0 per frame, with c0 held at its first bin (r = 1)
-    # inside r < 1 as the lattice does: n (pi c0(1) + int_1^inf c0 2 pi r dr)
-    self_change = -frames * density * np.pi * c0_amp * (1.0 + 2.0 / (expo - 2.0))
+    frames, a = 3.0, 5.0
+    expo = 3.0
     scalars = {
         "lambda_relaxed": q(0.19), "mu_relaxed": q(0.03), "nu_relaxed": q(0.19 / 0.25, 0.1),
         "lambda_instantaneous": q(0.133, 0.05), "mu_instantaneous": q(0.116, 0.05),
@@ -741,17 +759,19 @@ def placeholder_calibration():
         "number_density": Quantity(density, 0.0, 0, None, "", "", PLACEHOLDER),
         "site_size": q(5.0), "time_per_frame": q(20.0, 0.5),
         "compression_p": q(0.05, 0.5), "compression_t_centre": q(30.0, 0.5),
-        "compression_width": q(10.0, 0.5), "softness_b": q(5.0, 0.5),
-        "self_change": q(round(self_change, 6), 0.3), "relaxed_fraction": q(0.5),
-        "source_strength": q(round(continuum_source_strength(0.5, 0.19 / 0.25, 5.0), 6)),
+        "compression_width": q(10.0, 0.5), "softness_b": q(5.0, 0.5), "relaxed_fraction": q(0.5),
+        "source_strength": q(round(continuum_source_strength(0.5, 0.19 / 0.25, a), 6)),
+        "site_strain_sd": q(0.012, 0.3),
         "frames_per_rearrangement": q(frames, 0.3),
     }
-    r = np.arange(1.0, 10.01, 0.5)
+    r = np.concatenate([[0.0], np.arange(a, 10 * a + 1e-9, a / 2)])
 
-    def radial(amp, sign):
-        fit = {"amplitude": Quantity(amp, 0.3 * amp, 0, (1.0, 10.0), "softness/frame", "", PLACEHOLDER),
-               "exponent": Quantity(expo, 0.5, 0, (1.0, 10.0), "1", "", PLACEHOLDER), "sign": sign}
-        val = sign * amp * r**-expo
+    def radial(amp, sign, self_value):
+        rng = (a, 10 * a)
+        fit = {"amplitude": Quantity(amp * a**expo, 0.3 * amp * a**expo, 0, rng, "softness/frame", "",
+                                     PLACEHOLDER),
+               "exponent": Quantity(expo, 0.5, 0, rng, "1", "", PLACEHOLDER), "sign": sign}
+        val = np.concatenate([[self_value], sign * amp * (r[1:] / a) ** -expo])
         return {"r": r, "value": val, "error": 0.3 * np.abs(val), "n": np.zeros(r.size, np.int64), "fit": fit}
 
     edges = np.round(np.arange(-3.0, 2.0001, 0.1), 10)
@@ -762,7 +782,7 @@ def placeholder_calibration():
     u = np.linspace(0.005, 0.995, 100)
     table = 0.06 * np.exp(-0.3 * s)[:, None] * np.sqrt(-np.log1p(-u))[None, :]
     curves = {
-        "c0": radial(c0_amp, +1), "c1": radial(c1_amp, -1),
+        "c0": radial(0.01, +1, -0.01 * LATTICE_SUM_R3), "c1": radial(0.002, -1, -0.02),
         "p_s": {"edges": edges, "density": dens, "n": np.zeros(dens.size, np.int64)},
         "yield_strain": {"s": s, "u": u, "value": table, "error": 0.3 * table,
                          "n": np.zeros(s.size, np.int64)},

@@ -517,7 +517,7 @@ def _add_source_row(row, Q, L1, dx, sy, a, bb, nc):
 def frame_pass(e1, e2, k, s, u, busy, dp1, dp2,
                use_rs, src, sdp1, sdp2, Q, inc, use_dkt, dkt,
                tsrc, tage, tlo, tw, toff, tplanes, tuni, tamp,
-               smean, b, self_frame, soft_on, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode,
+               smean, b, soft_on, ytab, s0, sinv, u0, uinv, yref, sref, lip, mode,
                done, over):
     """Add one frame's increments to every site and find what happens next.
 
@@ -534,8 +534,9 @@ def frame_pass(e1, e2, k, s, u, busy, dp1, dp2,
 
     Every site: k, e1, e2 += (dk, de1, de2); if soft_on,
     S += C0 + C1 (S - smean) + b dk (smean: the lattice mean S before the
-    frame). A busy site also gets S += self_frame, releases one frame
-    (busy -= 1) and, when its release completes, is listed in ``done``.
+    frame; a rearranging site's own change is the kernels' d = 0 entry). A
+    busy site releases one frame (busy -= 1) and, when its release
+    completes, is listed in ``done``.
     Every other non-busy site at or over threshold (with the updated S;
     the decision of ``_over`` with the cache yref, sref, lip) is listed in
     ``over``. Lists are in increasing flat index.
@@ -621,8 +622,6 @@ def frame_pass(e1, e2, k, s, u, busy, dp1, dp2,
             if flag[iy] == 0:
                 continue
             if br[iy] > 0:
-                if soft_on:
-                    sr_[iy] += self_frame
                 br[iy] -= 1
                 if br[iy] == 0:
                     dp1[ix, iy] = 0.0

@@ -17,6 +17,7 @@ rearrangement and every avalanche is appended to ``rearrangements`` and
 ``avalanches`` (``Table``).
 """
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -28,15 +29,11 @@ from .calibration import Calibration, CalibrationError
 from .fft_plans import Planner
 from .kernels import EshelbyKernels
 
+log = logging.getLogger(__name__)
+
 TRIGGERS = {"eps_dev": 0, "e2": 1}
 ELASTIC = ("relaxed", "instantaneous")
 
-#: Gauss-Legendre points per axis for the site averages of c0(r), c1(r);
-#: sites within NEAR_SITES (per axis) of the source use a composite rule with
-#: each site split into NEAR_SPLIT x NEAR_SPLIT cells
-SITE_QUADRATURE = 8
-NEAR_SITES = 2
-NEAR_SPLIT = 8
 
 
 @dataclass(frozen=True)
@@ -85,58 +82,37 @@ def quarter_planes(G, odd):
 
 
 def radial_profile(curve):
-    """The per-particle radial curve c(r) of a calibration (c0 or c1) as a
-    function of r (particle units): the first bin's value for r < r_0,
-    linear interpolation between bin centres, and the power-law fit
-    sign * amplitude * r^-exponent beyond the last bin."""
+    """A calibration's radial curve c(r) (c0 or c1; r in particle lengths) as
+    a function of r: the first point's value for r < r_0, linear
+    interpolation between the points, and the power-law fit
+    sign * amplitude * r^-exponent beyond the last point, or 0 there when
+    the fit is not a result (NaN, an exponent <= 0, or an error above the
+    value: no tail is extrapolated from an unresolved fit)."""
     r, v = curve["r"], curve["value"]
     fit = curve["fit"]
-    amp, expo, sign = fit["amplitude"].value, fit["exponent"].value, fit["sign"]
+    A, P = fit["amplitude"], fit["exponent"]
+    amp, expo, sign = A.value, P.value, fit["sign"]
+    tail = (math.isfinite(amp) and math.isfinite(expo) and expo > 0
+            and not A.error > abs(amp) and not P.error > abs(expo))
 
     def c(rr):
         rr = np.asarray(rr, dtype=float)
         out = np.interp(rr, r, v)
         far = rr > r[-1]
         if np.any(far):
-            out[far] = sign * amp * rr[far] ** -expo
+            out[far] = sign * amp * rr[far] ** -expo if tail else 0.0
         return out
     return c
 
 
-def site_average_kernel(c, L, a, n_per_site):
-    """Site average of a radial softness kernel on the periodic L x L lattice.
-
-    Entry [dx, dy] is the mean of c(a |x|) over the square site centred at
-    the minimum-image offset (dx, dy) (site units; the rearranger sits at
-    the centre of site (0, 0)), by SITE_QUADRATURE^2 Gauss-Legendre points
-    (composite, NEAR_SPLIT^2 cells per site, within NEAR_SITES of the source).
-    The self entry [0, 0] is the average over the rest of the site (c is
-    clipped to its first bin near r = 0) times (n_per_site - 1)/n_per_site,
-    the share of the site's particles other than the rearranger.
-    """
-    xg, wg = np.polynomial.legendre.leggauss(SITE_QUADRATURE)
-    xg, wg = 0.5 * xg, 0.5 * wg  # on [-1/2, 1/2], weights sum to 1
-    h = L // 2 + 1
-    d = np.arange(h, dtype=float)
-    X = d[:, None, None, None] + xg[None, None, :, None]
-    Y = d[None, :, None, None] + xg[None, None, None, :]
-    quarter = np.empty((h, h))
-    for i in range(h):  # row by row: bounded memory for large L
-        vals = c(a * np.hypot(X[i], Y[0]))
-        quarter[i] = np.einsum("yab,a,b->y", vals, wg, wg)
-    # near the source (the clipped core, 1/r^n varying fast): composite rule,
-    # each site split into NEAR_SPLIT^2 cells of SITE_QUADRATURE^2 points
-    m = NEAR_SPLIT
-    sub = ((np.arange(m) + 0.5) / m - 0.5)[:, None] + xg[None, :] / m
-    sub, wsub = sub.ravel(), np.tile(wg, m) / m
-    for i in range(min(NEAR_SITES + 1, h)):
-        for j in range(min(NEAR_SITES + 1, h)):
-            vals = c(a * np.hypot(i + sub[:, None], j + sub[None, :]))
-            quarter[i, j] = wsub @ vals @ wsub
-    idx = np.minimum(np.arange(L), L - np.arange(L))  # minimum-image offset
-    out = quarter[np.ix_(idx, idx)]
-    out[0, 0] *= (n_per_site - 1.0) / n_per_site
-    return np.ascontiguousarray(out)
+def site_kernel(c, L, a):
+    """The site-level softness kernel on the periodic L x L lattice: entry
+    [dx, dy] is c(a |d|) at the minimum-image offset d = (dx, dy) (sites),
+    c a site-level radial law (``radial_profile`` of the calibration's c0 or
+    c1, measured between site centres at exactly these distances, r = 0 the
+    rearranging site itself; calibrate/site_events.py)."""
+    idx = np.minimum(np.arange(L), L - np.arange(L)).astype(float)
+    return np.ascontiguousarray(c(a * np.hypot(idx[:, None], idx[None, :])))
 
 
 def marginal_yield_table(ytab, p_s, n_u=512):
@@ -176,10 +152,11 @@ class LatticeParams:
     (source_strength / a^2 / strain_scale): a rearrangement releases the
     plastic strain x area kappa (e1, e2) of its elastic strain at onset.
     strain_scale = mu_relaxed / mu: the yield table is local stress over
-    2 mu_relaxed, so with the instantaneous constants every threshold is
-    multiplied by it (the same stress) and kappa divided by it.
-    b: softness per unit dk. self_frame: the rearranging site's own change
-    per frame, self_change/(n_frames n_per_site).
+    2 mu_relaxed, so with the instantaneous constants every threshold (and
+    the initial strain spread) is multiplied by it (the same stress) and
+    kappa divided by it. e0_sd: the initial site strain spread,
+    site_strain_sd x strain_scale.
+    b: softness per unit dk (site level).
     """
 
     lam: float
@@ -196,19 +173,19 @@ class LatticeParams:
     phi: float
     kappa: float
     strain_scale: float
+    e0_sd: float
     b: float
-    self_change: float
-    self_frame: float
 
     @classmethod
     def from_calibration(cls, cal: Calibration, options: ModelOptions):
         kind = options.elastic
         need = [f"lambda_{kind}", f"mu_{kind}", "mu_relaxed", "number_density", "site_size",
-                "time_per_frame", "relaxed_fraction", "source_strength", "frames_per_rearrangement"]
+                "time_per_frame", "relaxed_fraction", "source_strength", "site_strain_sd",
+                "frames_per_rearrangement"]
         if options.volumetric:
             need += ["compression_p", "compression_t_centre", "compression_width"]
         if options.softness:
-            need += ["softness_b", "self_change"]
+            need += ["softness_b"]
         cal.require_finite(need)
         lam, mu = cal[f"lambda_{kind}"], cal[f"mu_{kind}"]
         a, dens, dt = cal["site_size"], cal["number_density"], cal["time_per_frame"]
@@ -219,7 +196,6 @@ class LatticeParams:
         n_frames = max(1, int(round(cal["frames_per_rearrangement"])))
         soft = options.softness
         b = cal["softness_b"] if soft else 0.0
-        self_change = cal["self_change"] if soft else 0.0
         vol = options.volumetric
         scale = cal["mu_relaxed"] / mu
         return cls(lam=lam, mu=mu, nu=lam / (lam + 2 * mu), a=a, n_per_site=n_site, dt=dt,
@@ -228,8 +204,8 @@ class LatticeParams:
                    comp_t=cal["compression_t_centre"] / dt if vol else 0.0,
                    comp_w=cal["compression_width"] / dt if vol else 1.0,
                    n_frames=n_frames, phi=cal["relaxed_fraction"],
-                   kappa=cal["source_strength"] / a**2 / scale, strain_scale=scale, b=b,
-                   self_change=self_change, self_frame=self_change / (n_frames * n_site))
+                   kappa=cal["source_strength"] / a**2 / scale, strain_scale=scale,
+                   e0_sd=cal["site_strain_sd"] * scale, b=b)
 
 
 def _aligned_zeros(shape, dtype):
@@ -483,8 +459,29 @@ class STEPModel:
         planner = Planner(fft_planner, fft_wisdom)
         self.K = K = EshelbyKernels(L, p.lam, p.mu, threads, planner)
         # a rearrangement releases p = kappa e (its far field is the
-        # particles'); its own site relaxes by phi e: self term -phi/kappa
-        K.set_self_term(-p.phi / p.kappa, -p.phi / p.kappa)
+        # particles'); its own site relaxes by phi e: self term -phi/kappa.
+        # Two bounds of the model (docs/model.md, "Rearrangement"): a site
+        # releases at most what makes its own elastic strain vanish through
+        # the elastic self term (kappa <= 1/|G(0)|; beyond, a site overshoots
+        # and the dynamics run away), and its self term is never less
+        # negative than the elastic one (a smaller relaxation makes the
+        # propagator's modes along the axes, whose elastic response is ~0,
+        # grow). Either bound, when it acts, is logged and recorded.
+        st = K.self_term()
+        self.kappa_calibrated = p.kappa
+        kmax = 1.0 / max(-st[1, 0], -st[2, 1])
+        if p.kappa > kmax:
+            log.warning("the calibrated source strength kappa = %.3g site areas exceeds what a site "
+                        "can release, 1/|G(0)| = %.3g (its own strain would overshoot zero): kappa "
+                        "= %.3g is used", p.kappa, kmax, kmax)
+            p.kappa = kmax
+        want = -p.phi / p.kappa
+        self.self_clipped = bool(want > min(st[1, 0], st[2, 1]))
+        if self.self_clipped:
+            log.warning("the calibrated relaxation phi = %.3g is below the elastic self term of the "
+                        "source (kappa = %.3g site areas): the site relaxes by the elastic self term "
+                        "instead (%.3g, %.3g per unit source)", p.phi, p.kappa, st[1, 0], st[2, 1])
+        K.set_self_term(min(want, st[1, 0]), min(want, st[2, 1]))
         st = K.self_term()
         self.self1, self.self2 = float(st[1, 0]), float(st[2, 1])
 
@@ -508,8 +505,8 @@ class STEPModel:
         # kernels: real-space planes G[c, dx, dy] (dynamics module docstring;
         # c0, c1 planes only with softness) and transforms of the softness kernels
         if options.softness:
-            self.c0_site = site_average_kernel(radial_profile(calibration.curves["c0"]), L, p.a, p.n_per_site)
-            self.c1_site = site_average_kernel(radial_profile(calibration.curves["c1"]), L, p.a, p.n_per_site)
+            self.c0_site = site_kernel(radial_profile(calibration.curves["c0"]), L, p.a)
+            self.c1_site = site_kernel(radial_profile(calibration.curves["c1"]), L, p.a)
         else:
             self.c0_site = np.zeros((L, L))
             self.c1_site = np.zeros((L, L))
@@ -593,8 +590,13 @@ class STEPModel:
         # inverse CDF of the piecewise-constant density (uniform within a bin)
         self.S = np.interp(self.rng.random(L * L), cdf, edges).reshape(L, L)
         self.u = self.rng.random((L, L))
+        # the residual stresses of the jammed state: e1, e2 independent
+        # Gaussians of the calibrated spread, their lattice means removed
+        # (the initial stress is zero)
+        e = self.rng.normal(0.0, self.par.e0_sd, (2, L, L))
+        e -= e.mean(axis=(1, 2), keepdims=True)
         z = lambda: np.zeros((L, L))
-        self.e1, self.e2, self.k = z(), z(), z()
+        self.e1, self.e2, self.k = np.ascontiguousarray(e[0]), np.ascontiguousarray(e[1]), z()
         self.dp1, self.dp2 = z(), z()
         self.busy = np.zeros((L, L), dtype=np.int32)
         self.row_of_site = np.full((L, L), -1, dtype=np.int64)
@@ -669,7 +671,7 @@ class STEPModel:
         """Run frames from the trigger of ``site`` (flat index) until no site
         is over threshold, no release is pending and the transient has
         relaxed. Returns the avalanche's row index."""
-        L, p = self.L, self.par
+        L = self.L
         aid = self.n_avalanches
         first_row = self.rearrangements.n
         frame0 = self.frame
@@ -805,7 +807,7 @@ class STEPModel:
             self.e1, self.e2, self.k, self.S, self.u, self.busy, self.dp1, self.dp2,
             use_rs, active, dp1, dp2, self.Q, self._inc, use_dkt, dkt_real,
             tsrc, tage, td.lo, td.width, td.off, td.planes, td.uni, p.comp_p,
-            self._smean, p.b, p.self_frame, soft, self.ytab, self._s0, self._sinv, self._u0,
+            self._smean, p.b, soft, self.ytab, self._s0, self._sinv, self._u0,
             self._uinv, self._yref, self._sref, self._lip, self.mode, self._done, self._over)
         self._smean = ssum / (L * L) if soft else 0.0
         return nd, no

@@ -15,7 +15,9 @@ Layout::
                       lattice.fft_planner = measure, re-created on resume;
                       "" with estimate)
     /params           attrs: the lattice parameters derived from the
-                      calibration (LatticeParams) and the kernel self terms
+                      calibration (LatticeParams; kappa as used), the
+                      calibrated kappa (kappa_calibrated), the kernel self
+                      terms and whether they were bounded (self_clipped)
     /rearrangements/* one dataset per column (model.REARRANGEMENT_COLUMNS),
                       each with a ``doc`` attr
     /avalanches/*     one dataset per column (model.AVALANCHE_COLUMNS)
@@ -73,6 +75,8 @@ def write_run(path, model: STEPModel, config_yaml: str, completed: bool):
         g = f.create_group("params")
         for k, v in dataclasses.asdict(model.par).items():
             g.attrs[k] = v
+        g.attrs["kappa_calibrated"] = model.kappa_calibrated
+        g.attrs["self_clipped"] = model.self_clipped
         g.attrs["self_e1"] = model.self1
         g.attrs["self_e2"] = model.self2
         g.attrs["options"] = json.dumps(dataclasses.asdict(model.opt))

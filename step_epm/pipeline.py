@@ -43,6 +43,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -200,8 +201,9 @@ class Plan:
     # -- particles ---------------------------------------------------------
     def particle_groups(self):
         groups = [("train", self.pc.particles.train)]
-        if self.pc.particles.analysis is not None:
-            groups.append(("analysis", self.pc.particles.analysis))
+        for name in ("analysis", "validate"):
+            if getattr(self.pc.particles, name) is not None:
+                groups.append((name, getattr(self.pc.particles, name)))
         return groups
 
     def _particles_jobs(self) -> list:
@@ -224,7 +226,27 @@ class Plan:
         return [str(j.outputs[0]) for j in self.jobs("particles") if j.label.startswith(group + " ")]
 
     def measured_group(self) -> str:
+        """The runs the calibration measures."""
         return "analysis" if self.pc.particles.analysis is not None else "train"
+
+    def compared_group(self) -> str:
+        """The runs the comparison (and its closure table) uses: the
+        held-out ones when there are."""
+        return "validate" if self.pc.particles.validate is not None else self.measured_group()
+
+    def lattice_L(self, cal: Path) -> int:
+        """lattice.L, or (null) the compared runs' box side over the
+        calibrated site side, rounded, at least 8 (16 before the calibration
+        exists: a stand-in for validating the configs)."""
+        if self.pc.lattice.L is not None:
+            return int(self.pc.lattice.L)
+        if not cal.is_file():
+            return 16
+        from .lattice.calibration import load_calibration
+        c = load_calibration(cal)
+        job = next(j for j in self.jobs("particles") if j.label.startswith(self.compared_group() + " "))
+        side = math.sqrt(int(job.cfg.system.n) / c["number_density"])
+        return max(8, int(round(side / c["site_size"])))
 
     # -- softness ----------------------------------------------------------
     def _softness_jobs(self) -> list:
@@ -232,9 +254,10 @@ class Plan:
         train = self.trajectories("train")
         ov = [f"trajectories={qlist(train)}"] + extra
         jobs = [self._softness_job("softness (train)", "train", ov, train, None)]
-        if self.pc.particles.analysis is not None:
+        trajs = [t for g in ("analysis", "validate") if getattr(self.pc.particles, g) is not None
+                 for t in self.trajectories(g)]
+        if trajs:
             model = Path(jobs[0].output_dir) / "model.h5"
-            trajs = self.trajectories("analysis")
             ov = [f"trajectories={qlist(trajs)}", f"model={q(model)}"] + extra
             jobs.append(self._softness_job("softness (apply)", "apply", ov, trajs, model))
         return jobs
@@ -295,7 +318,7 @@ class Plan:
         for model in lp.models:
             for seed in lp.seeds:
                 where = f"lattice ({model}, seed {seed})"
-                ov = [f"lattice_model={model}", f"lattice.L={lp.L}",
+                ov = [f"lattice_model={model}", f"lattice.L={self.lattice_L(cal)}",
                       f"run.gamma_end={lp.gamma_end!r}", f"seed={seed}",
                       f"calibration={q(cal) if ready else 'default'}"] + list(lp.overrides)
                 cfg = _compose_checked(where, "lattice", ov)
@@ -311,7 +334,7 @@ class Plan:
     def _compare_jobs(self) -> list:
         cmod = _compare_module()
         lp = self.pc.lattice
-        trajs = self.trajectories(self.measured_group())
+        trajs = self.trajectories(self.compared_group())
         cal = self.calibration_path()
         lat = self.jobs("lattice")
         entries = []

@@ -125,12 +125,16 @@ class ParticlesStage:
     train: the runs the softness model is trained on (also analysed).
     analysis: optional larger runs the trained model is applied to; the
         calibration and the comparison then use them instead of ``train``.
+    validate: optional held-out runs (other seeds, never used to train or
+        calibrate): the trained model is applied to them and the comparison
+        and its closure table use them instead (SPEC.md section 6).
     executor: inprocess (one after the other in this process) or submitit
         (each run a job, see ``slurm``).
     """
 
     train: ParticleRuns = field(default_factory=ParticleRuns)
     analysis: Optional[ParticleRuns] = None
+    validate: Optional[ParticleRuns] = None
     executor: str = "inprocess"
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
@@ -139,6 +143,14 @@ class ParticlesStage:
         self.train.check("particles.train")
         if self.analysis is not None:
             self.analysis.check("particles.analysis")
+        if self.validate is not None:
+            self.validate.check("particles.validate")
+            measured = self.analysis or self.train
+            same = set(self.validate.seeds) & set(measured.seeds)
+            if same and self.validate.stage_overrides(0)[2:] == measured.stage_overrides(0)[2:] \
+                    and self.validate.preset == measured.preset:
+                raise ConfigError(f"particles.validate.seeds {sorted(same)} are also calibrated on: "
+                                  "held-out runs need other seeds")
 
 
 @dataclass
@@ -152,10 +164,13 @@ class StageOverrides:
 class LatticeStage:
     """step-lattice runs from the new calibration: every model preset
     (conf/lattice_model/) x every seed, at L x L up to gamma_end;
-    ``overrides``: any other step-lattice overrides (e.g. lattice.threads=2)."""
+    ``overrides``: any other step-lattice overrides (e.g. lattice.threads=2).
+    L: sites per side, or null: the particle box of the compared runs (L a =
+    their box side, a the calibrated site side; at least 8), known once the
+    calibration exists (SPEC.md section 6: the same physical size)."""
 
     models: list = field(default_factory=lambda: ["step", "classic", "no_volumetric", "e2_trigger"])
-    L: int = 64
+    L: Optional[int] = 64
     gamma_end: float = 1.0
     seeds: list = field(default_factory=lambda: [0])
     overrides: list = field(default_factory=list)
@@ -169,7 +184,8 @@ class LatticeStage:
             raise ConfigError("lattice.seeds must hold at least one seed")
         for s in self.seeds:
             check_range("lattice.seeds[]", s, lo=0)
-        check_range("lattice.L", self.L, lo=8, hi=8192)
+        if self.L is not None:
+            check_range("lattice.L", self.L, lo=8, hi=8192)
         check_range("lattice.gamma_end", self.gamma_end, lo=0.0, hi=1e3, lo_open=True)
         _check_overrides("lattice", "lattice", self.overrides)
 

@@ -26,6 +26,8 @@ th { background: #eee; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #444; }
 img { max-width: 100%; } .meta { color: #666; font-size: 0.85em; }
 pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; font-size: 0.8em; }
+tr.pass td { background: #e3f2e3; } tr.fail td { background: #f8dede; }
+tr.undecided td { background: #eeeeee; color: #666; }
 """
 
 
@@ -47,11 +49,14 @@ class HtmlReport:
     def preformatted(self, text: str):
         self.parts.append(f"<pre>{html.escape(text)}</pre>")
 
-    def table(self, header, rows):
-        """header: list of column names; rows: lists of cells (str() of each)."""
+    def table(self, header, rows, row_classes=None):
+        """header: list of column names; rows: lists of cells (str() of each);
+        row_classes: optional CSS class per row ("pass", "fail", "undecided")."""
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
-                       + "</tr>" for row in rows)
+        classes = row_classes or [""] * len(rows)
+        body = "".join((f"<tr class='{html.escape(c)}'>" if c else "<tr>")
+                       + "".join(f"<td>{html.escape(str(x))}</td>" for x in row)
+                       + "</tr>" for row, c in zip(rows, classes))
         self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
 
     def figure(self, fig, caption: str, dpi: int = 110):

@@ -66,18 +66,18 @@ def test_calibration_file_validates_and_round_trips(calibration, small_run):
     assert again["site_size"] == 3.0 and "chosen" in again.scalars["site_size"].flag
 
 
-def test_small_run_is_flagged_not_calibrated(calibration):
+def test_small_run_is_flagged_not_calibrated(calibration, small_run):
     """The small run has no isolated rearrangement: the strain-field and
     compression numbers are placeholders, named in the description."""
     cal, _, _ = calibration
     assert not cal.calibrated
-    for name in ("compression_p", "softness_b", "source_strength"):
+    for name in ("compression_p", "softness_b"):
         assert cal.scalars[name].n == 0 and "placeholder" in cal.scalars[name].flag
         assert name in cal.description
-    # no far field: the source strength is the continuum inclusion of this file's phi, a, nu
-    from step_epm.lattice.calibration import continuum_source_strength
-    assert cal["source_strength"] == pytest.approx(continuum_source_strength(
-        cal["relaxed_fraction"], cal["nu_relaxed"], cal["site_size"]), rel=1e-12)
+    # the source strength comes from the stress drops of every avalanche
+    with Trajectory(small_run.traj) as t:
+        n_av = t.n_avalanches
+    assert cal.scalars["source_strength"].n == n_av > 0 and cal["source_strength"] > 0
     ph = placeholder_calibration()
     assert cal["softness_b"] == ph["softness_b"]
     # placeholder times keep their value in frames of the measured time per frame
@@ -109,21 +109,28 @@ def test_site_softness_samples(small_run, calibration):
     # (the numbering of sites is lattice_mapping.site_index's; compare as a set)
     assert np.allclose(np.sort(got.sites[n1 * n1: 2 * n1 * n1]), np.sort(want), rtol=0, atol=1e-12)
     assert got.n_frames == len(np.flatnonzero(seq["kind"] == 0)[::10])
-    # every run's local elastic strain: the stress of the disk of area a^2
-    # around its particle at f0 (and e_end) over 2 mu_relaxed
-    from step_epm.calibrate.extract import local_deviatoric_stress
+    # site events: every particle run lies in exactly one event of its
+    # onset cell; an event's e_el is the cell's stress at F0 over 2 mu
+    # (virials summed by hand over the particles of the brute-force tiling)
+    from step_epm.particles.potential import evaluate
     from step_epm.particles.state import State
-    runs = meas.runs[0]
-    assert got.run_e_el.shape == (len(runs), 2) and np.all(np.isfinite(got.run_e_el))
+    ev, runs = got.events, meas.runs[0]
+    assert len(ev) > 0 and np.all(ev.frames >= 1) and ev.n_runs.sum() == len(runs)
     mu = meas.elastic["mu_relaxed"].value
     with Trajectory(small_run.traj) as t:
-        for j in (0, len(runs) // 2, len(runs) - 1):
-            part, f0, e_end = runs[j]
-            st = [State(t.sequence_position(seq["kind"][f], seq["row"][f]), t.radii, Lx, Ly,
-                        float(seq["gamma"][f])) for f in (f0, e_end)]
-            e0, e1 = (local_deviatoric_stress(x, [part], 3.0 / np.sqrt(np.pi))[0] / (2 * mu) for x in st)
-            np.testing.assert_allclose(got.run_e_el[j], e0, rtol=1e-12)
-            np.testing.assert_allclose(got.run_de[j], e1 - e0, rtol=1e-10, atol=1e-15)
+        for j in (0, len(ev) // 2, len(ev) - 1):
+            f0 = int(ev.F0[j])
+            x0 = t.sequence_position(seq["kind"][f0], seq["row"][f0])
+            g = float(seq["gamma"][f0])
+            tr = g - np.floor(g + 0.5)
+            c = (np.floor(((x0[:, 0] - tr * x0[:, 1]) / Lx % 1) * n1).astype(int) * n1
+                 + np.floor((x0[:, 1] / Ly % 1) * n1).astype(int))
+            vir = evaluate(State(x0, t.radii, Lx, Ly, g)).virial_per_particle[c == ev.cell[j]].sum(axis=0)
+            want = np.array([0.5 * (vir[0, 0] - vir[1, 1]), vir[0, 1]]) / (Lx * Ly / n1**2) / (2 * mu)
+            np.testing.assert_allclose(ev.e_el[j], want, rtol=1e-10)
+            mine = (runs[:, 1] >= ev.F0[j]) & (runs[:, 2] <= ev.E[j]) & (c[runs[:, 0]] == ev.cell[j])
+            assert mine.sum() == ev.n_runs[j] and runs[mine, 1].min() == ev.F0[j]
+            assert runs[mine, 2].max() == ev.E[j]
 
 
 def test_lattice_runs_from_the_calibration(calibration, tmp_path):
@@ -161,11 +168,11 @@ def test_assemble_uses_measured_values_when_they_exist(small_run):
     site = choose_site(meas, 3.0)
     cal, notes = assemble(meas, site_samples([(small_run.traj, small_run.analysis)], meas, 3.0,
                                              sample_every=10), site)
-    b = meas.softness_change.b
-    if math.isfinite(b.value) and abs(b.error) <= abs(b.value):
-        assert cal["softness_b"] == b.value and cal.scalars["softness_b"].n == b.n
-    assert cal["frames_per_rearrangement"] == meas.rearrangement_stats[
-        "frames_per_rearrangement"].value
+    b = meas.softness_change.b          # the per-particle law is reported next to the site law
+    if math.isfinite(b.value):
+        assert cal["softness_b_particle"] == b.value and cal.scalars["softness_b_particle"].n == b.n
+    sites = site_samples([(small_run.traj, small_run.analysis)], meas, 3.0, sample_every=10)
+    assert cal["frames_per_rearrangement"] == pytest.approx(sites.events.frames.mean(), rel=1e-12)
     assert all(n.split(":")[0] in REQUIRED_SCALARS + ("c0", "c1", "p_s", "yield_strain")
                for n in notes)
 

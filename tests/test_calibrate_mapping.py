@@ -1,6 +1,6 @@
 """Mapping particle measurements onto the lattice (calibrate/lattice_mapping.py):
 site size, site tiling and site softness, P(S) of sites, yield strain by
-site S, site-averaged softness kernels, time per frame and D_L in lattice
+site S, the source strength from the stress drops, time per frame and D_L in lattice
 units, and the calibration-file entries built from measurement results."""
 import json
 import math
@@ -12,13 +12,13 @@ from step_epm.calibrate.correlations import pair_correlation
 from step_epm.calibrate.events import frame_times
 from step_epm.calibrate.lattice_mapping import (SITE_FACTOR, g2_entry, histogram_entry,
                                                 lattice_diffusion, p_s_sites, site_grid, site_index,
-                                                site_kernels, site_size, site_softness,
+                                                site_size, site_softness,
                                                 site_softness_of_particles, strain_profiles_entry,
                                                 time_per_frame, yield_strain_sites, yield_table_entry)
 from step_epm.calibrate.strain_fields import FieldEvent, strain_fields
 from step_epm.calibrate.yield_strain import yield_strain
 from step_epm.lattice.calibration import Quantity, parse_calibration, placeholder_calibration
-from step_epm.lattice.model import LatticeParams, ModelOptions, radial_profile
+from step_epm.lattice.model import LatticeParams, ModelOptions
 
 BOX = (30.0, 24.0, 0.37)   # Lx, Ly, tilt (already reduced: 0.37 x 24 < 15)
 A = 6.0                    # -> 5 x 4 sites
@@ -193,72 +193,27 @@ def power_curve(A, p, sign, r=R):
             "fit": {"amplitude": Quantity(A, 0.0, 1), "exponent": Quantity(p, 0.0, 1), "sign": sign}}
 
 
-def midpoint_site_mean(f, a, dx, dy, m=800):
-    """Mean of f(a |x|) over the unit site centred at (dx, dy) (site units):
-    midpoint rule on m x m sub-cells."""
-    x = (np.arange(m) + 0.5) / m - 0.5
-    return float(f(a * np.hypot(dx + x[:, None], dy + x[None, :])).mean())
+def test_source_strength_from_drops():
+    """kappa = sum of the avalanches' plastic strain / sum of the onset e2 of
+    their site events; avalanches without events still count their drop;
+    events of unknown avalanches and NaN e2 are ignored; not positive: NaN
+    and a flag."""
+    from step_epm.calibrate.lattice_mapping import source_strength_from_drops
+    from step_epm.calibrate.site_events import SiteEvents
 
-
-def test_site_kernels_match_a_direct_average_over_the_site():
-    """c0 = 0.05 r^-3, c1 = -0.01 r^-2.5 (binned on r = 1..10, tail fit
-    beyond, flat inside r = 1) at a = 3: the site kernels match a fine
-    midpoint average of the same profile to the documented accuracy (1e-4
-    within two sites, 2e-3 where the bins' kinks fall in a far site, 1e-6
-    in the pure power-law tail); the self site carries (n - 1)/n and the
-    self change per frame."""
-    a, L, rho = 3.0, 16, 1.0
-    c0, c1 = power_curve(0.05, 3.0, 1), power_curve(0.01, 2.5, -1)
-    k = site_kernels(c0, c1, a, L, rho, self_change=Quantity(-0.9, 0.1, 40), frames_per_rearrangement=2.6)
-    n_site = rho * a * a
-    assert k.flag is None and k.n_per_site == n_site
-    for name, c in (("c0", c0), ("c1", c1)):
-        f = radial_profile(c)
-        kern = getattr(k, name)
-        for (dx, dy), tol in [((0, 0), 1e-4), ((1, 0), 1e-4), ((1, 1), 1e-4), ((2, 1), 1e-4), ((2, 2), 1e-4),
-                              ((3, 0), 2e-3), ((3, 2), 2e-3), ((4, 4), 1e-6), ((8, 3), 1e-6), ((8, 8), 1e-6)]:
-            ref = midpoint_site_mean(f, a, dx, dy)
-            if (dx, dy) == (0, 0):
-                ref *= (n_site - 1) / n_site
-            for ix, iy in ((dx, dy), (dy, dx), (-dx % L, dy), (dx, -dy % L)):   # symmetric, minimum image
-                assert kern[ix, iy] == pytest.approx(ref, rel=tol), (name, dx, dy)
-    # the planted tail is exactly the power law there
-    assert midpoint_site_mean(radial_profile(c0), a, 8, 8) == pytest.approx(
-        midpoint_site_mean(lambda r: 0.05 * r**-3.0, a, 8, 8), rel=1e-12)
-    assert k.self_c0 == k.c0[0, 0]
-    assert k.self_frame == pytest.approx(-0.9 / (3 * n_site))          # n_f = round(2.6) = 3
-    assert k.self_total == pytest.approx(k.self_c0 + k.self_frame)
-    assert len(k.offsets) == 45 and np.all(k.offsets[:, 1] <= k.offsets[:, 0])
-    i = np.flatnonzero((k.offsets[:, 0] == 2) & (k.offsets[:, 1] == 1))[0]
-    assert k.r[i] == pytest.approx(a * math.sqrt(5)) and k.c1_offsets[i] == k.c1[2, 1]
-
-
-def test_site_kernels_are_the_lattice_kernels():
-    from step_epm.lattice.model import STEPModel
-    cal = placeholder_calibration()
-    m = STEPModel(16, cal, ModelOptions(volumetric=False))
-    k = site_kernels(cal.curves["c0"], cal.curves["c1"], cal.scalars["site_size"], 16, cal["number_density"],
-                     cal["self_change"], cal["frames_per_rearrangement"])
-    np.testing.assert_array_equal(k.c0, m.c0_site)
-    np.testing.assert_array_equal(k.c1, m.c1_site)
-    assert k.self_frame == pytest.approx(m.par.self_frame, rel=1e-14)
-
-
-def test_site_kernels_thin_data_and_bad_arguments():
-    c0 = power_curve(0.05, 3.0, 1)
-    k = site_kernels(None, c0, 3.0, 8, 1.0)
-    assert np.all(np.isnan(k.c0)) and np.all(np.isfinite(k.c1)) and "c0: no data" in k.flag
-    nanfit = power_curve(0.05, 3.0, 1)
-    nanfit["fit"]["amplitude"] = Quantity(math.nan, math.nan, 0, None, "", "", "too little data")
-    k = site_kernels(c0, nanfit, 3.0, 8, 1.0)
-    assert "c1 tail fit is NaN" in k.flag and np.isnan(k.c1[4, 4]) and np.isfinite(k.c1[0, 0])
-    k = site_kernels(c0, c0, 3.0, 8, 1.0, self_change=Quantity(math.nan, math.nan, 0, None, "", "", "none"))
-    assert math.isnan(k.self_frame) and "self_change" in k.flag
-    for kwargs, name in [({"a": 0.0}, "a"), ({"L": 1}, "L"), ({"L": 8.0}, "L"), ({"number_density": 0.0}, "number_density"),
-                         ({"a": 0.5}, "particle"), ({"c0": {"r": [1.0]}}, "c0")]:
-        args = {"c0": c0, "c1": c0, "a": 3.0, "L": 8, "number_density": 1.0, **kwargs}
-        with pytest.raises(ValueError, match=name):
-            site_kernels(**args)
+    def events(traj, av, e2):
+        n = len(av)
+        i = np.zeros(n, np.int64)
+        return SiteEvents(np.asarray(traj, np.int64), i, i, i + 1, np.zeros(n), np.asarray(av, np.int64), i + 1,
+                          np.column_stack([np.zeros(n), e2]), np.zeros((n, 2)), np.zeros(n), np.zeros(n))
+    ev = events([0, 0, 0, 1, 1], [0, 0, 1, 0, 9], [0.01, 0.02, np.nan, 0.03, 0.5])
+    plastic = {(0, 0): 0.3, (0, 1): 0.1, (1, 0): 0.2, (1, 1): 0.05}
+    q = source_strength_from_drops(ev, plastic, n_boot=50)
+    assert q.value == pytest.approx(0.65 / 0.06, rel=1e-12) and q.n == 4 and q.flag is None
+    assert np.isfinite(q.error) and q.error > 0
+    bad = source_strength_from_drops(ev, {(0, 0): -0.3}, n_boot=0)
+    assert math.isnan(bad.value) and bad.n == 0 and "not positive" in bad.flag
+    assert "no avalanches" in source_strength_from_drops(ev, {}, n_boot=0).flag
 
 
 # -- time and diffusion ---------------------------------------------------------------------

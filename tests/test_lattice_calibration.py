@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from step_epm.lattice.calibration import (CURVES, DEFAULT_PATH, OPTIONAL_CURVES, OPTIONAL_SCALARS,
+from step_epm.lattice.calibration import (CURVES, DEFAULT_PATH, OPTIONAL_SCALARS,
                                           REQUIRED_SCALARS, SCALARS, SCHEMA_VERSION,
                                           CalibrationError, Quantity, load_calibration,
                                           parse_calibration, placeholder_calibration, save_calibration)
@@ -48,7 +48,8 @@ def full_file():
     opt = {"residual": q(0.015), "c_dev": q(0.12, fit_range=[2.0, 8.0]), "bg_dev": q(-1e-5),
            "c_xy": q(0.04), "bg_xy": q(2e-5), "k_sin2": q(-0.02), "compression_length": q(1.7),
            "plastic_strain": q(0.3), "yield_a": q(0.05), "yield_b": q(-0.008),
-           "d2min_length": q(None, None, 0, flag="no D2min correlation measured")}
+           "d2min_length": q(None, None, 0, flag="no D2min correlation measured"),
+           "self_change": q(-0.02), "self_change_particle": q(-0.03), "softness_b_particle": q(4.0)}
     assert set(opt) == set(OPTIONAL_SCALARS)
     d["scalars"].update(opt)
     r = [0.5, 1.5, 2.5, 3.5]
@@ -71,6 +72,9 @@ def full_file():
                                           "since_last": yield_table([-1.0, 0.0, 1.0], [0.0, 1.0])}
     d["curves"]["p_s_particles"] = {"edges": [-2.0, 0.0, 2.0], "density": [0.3, 0.2], "n": [600, 400]}
     d["curves"]["p_s_rearrangers"] = {"edges": [-2.0, 0.0, 2.0], "density": [0.1, 0.4], "n": [10, 40]}
+    for name in ("c0_particle", "c1_particle"):
+        d["curves"][name] = {"r": [0.75, 1.25, 2.0], "value": [0.05, -0.01, 0.001], "error": [0.01] * 3,
+                             "n": [10, 50, 80], "fit": power_fit(0.05, 3.0, 1)}
     assert set(d["curves"]) == set(CURVES)
     return d
 

@@ -4,14 +4,13 @@ References are built here from the model's equations, independently of the
 code under test: thresholds by scipy's bilinear interpolation of the
 calibrated quantile table, elastic increments by EshelbyKernels.response
 and compression_hat (tested in test_lattice_kernels.py), site averages by
-adaptive quadrature (scipy dblquad).
+the site-level kernels evaluated at the lattice distances.
 """
 import json
 import math
 
 import numpy as np
 import pytest
-from scipy.integrate import dblquad
 from scipy.interpolate import RegularGridInterpolator
 
 from step_epm.lattice.analysis import fit_power_law, stress_plateau
@@ -21,7 +20,7 @@ from step_epm.lattice import dynamics as dyn
 from step_epm.lattice.kernels import EshelbyKernels
 from step_epm.lattice.dynamics import periodic_extent
 from step_epm.lattice.model import (TRANSIENT_TOL, ModelOptions, STEPModel, marginal_yield_table,
-                                    quarter_planes, radial_profile, site_average_kernel)
+                                    quarter_planes, radial_profile, site_kernel)
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +88,22 @@ def test_yield_lookup_is_bilinear_and_clamped(cal):
 
 # -- a single rearrangement ------------------------------------------------------
 
-def single_event_calibration(C0=0.02, C1=-0.05, b=3.0, self_change=-0.4, frames=2):
-    """Placeholder calibration with constant c0, c1 (so their site averages are
-    exactly C0, C1), two frames per rearrangement and a yield table of
-    eps_y = 0.01 at u = 0 rising to 10 at u = 1 for every S."""
+def single_event_calibration(C0=0.02, C1=-0.05, b=3.0, self_c0=-0.3, self_c1=-0.1, frames=2):
+    """Placeholder calibration with site-level kernels c0 = C0, c1 = C1 at
+    every site but the rearranging one (self_c0, self_c1 there), two frames
+    per rearrangement and a yield table of eps_y = 0.01 at u = 0 rising to
+    10 at u = 1 for every S."""
     d = placeholder_calibration().to_json()
-    for name, C in (("c0", C0), ("c1", C1)):
+    r = [0.0] + [5.0 * j for j in range(1, 41)]       # beyond every distance of the test lattices
+    for name, C, own in (("c0", C0, self_c0), ("c1", C1, self_c1)):
         c = d["curves"][name]
-        c["value"] = [C] * len(c["r"])
+        c.update(r=r, value=[own] + [C] * (len(r) - 1), error=[0.0] * len(r), n=[0] * len(r))
         c["fit"]["amplitude"]["value"] = abs(C)
         c["fit"]["exponent"]["value"] = 0.0
         c["fit"]["sign"] = 1 if C >= 0 else -1
     d["scalars"]["softness_b"]["value"] = b
-    d["scalars"]["self_change"]["value"] = self_change
     d["scalars"]["frames_per_rearrangement"]["value"] = float(frames)
+    d["scalars"]["site_strain_sd"]["value"] = 0.0          # a strain-free start
     d["curves"]["yield_strain"] = {"s": [-1.0, 1.0], "u": [0.0, 1.0],
                                    "value": [[0.01, 10.0], [0.01, 10.0]],
                                    "error": [[0.0, 0.0], [0.0, 0.0]], "n": [0, 0]}
@@ -112,16 +113,15 @@ def single_event_calibration(C0=0.02, C1=-0.05, b=3.0, self_change=-0.4, frames=
 @pytest.mark.parametrize("volumetric", [True, False])
 def test_single_rearrangement_on_uniform_S_follows_update_law(volumetric):
     """One site rearranges on a uniform S field (two frames). Each frame every
-    site changes by c0 + c1 (S - <S>) + b dk, the rearranging site by its
-    self change per frame plus c0, c1 times the share (n - 1)/n of the other
-    particles of its site; dk is the static k of the released plastic strain
+    site changes by c0 + c1 (S - <S>) + b dk with the site-level kernels
+    (the rearranging site by their d = 0 entries); dk is the static k of the released plastic strain
     plus the transient compression, whose remainder relaxes (b dk again) when
     the avalanche ends. The site releases the plastic strain kappa e of its
     elastic strain e at onset; the strains change by the kernel responses
     (self term -phi/kappa), so the site's own elastic strain changes by
     exactly -phi times itself."""
-    C0, C1, b, sc = 0.02, -0.05, 3.0, -0.4
-    cal = single_event_calibration(C0, C1, b, sc, frames=2)
+    C0, C1, b, own0, own1 = 0.02, -0.05, 3.0, -0.3, -0.1
+    cal = single_event_calibration(C0, C1, b, own0, own1, frames=2)
     L, s0 = 32, -0.3
     m = STEPModel(L, cal, ModelOptions(volumetric=volumetric), seed=0)
     m.S[:] = s0
@@ -142,7 +142,6 @@ def test_single_rearrangement_on_uniform_S_follows_update_law(volumetric):
     P1[i] = kappa * e1b[i]
     P2[i] = kappa * e2b[i]
     half = K.response(P1 / 2, P2 / 2)  # per frame
-    n = cal["number_density"] * cal["site_size"] ** 2
     D = (cal["lambda_relaxed"] + 2 * cal["mu_relaxed"]) / cal["number_density"] \
         * cal["time_per_frame"] / cal["site_size"] ** 2
 
@@ -156,13 +155,11 @@ def test_single_rearrangement_on_uniform_S_follows_update_law(volumetric):
 
     c0 = np.full((L, L), C0)
     c1 = np.full((L, L), C1)
-    c0[i] *= (n - 1) / n
-    c1[i] *= (n - 1) / n
+    c0[i], c1[i] = own0, own1
     S = np.full((L, L), s0)
     dks = [half[0] + kt(1), half[0] + kt(2) - kt(1)]
     for dk in dks:
         S = S + c0 + c1 * (S - S.mean()) + b * dk
-        S[i] += sc / (2 * n)
     S_release_end = S[i]
     S = S - b * kt(2)
     np.testing.assert_allclose(m.S, S, rtol=0, atol=1e-13)
@@ -252,7 +249,7 @@ def test_frame_sum_of_S_is_the_field_stats_mean(cal, L):
     _, _, ssum = dyn.frame_pass(m.e1.copy(), m.e2.copy(), m.k.copy(), S, m.u,
                                 m.busy.copy(), m.dp1.copy(), m.dp2.copy(), True, none, np.zeros(0),
                                 np.zeros(0), m.Q, m._inc, False, m._dkt_real, none, none, td.lo, td.width,
-                                td.off, td.planes, td.uni, 0.0, 0.0, m.par.b, m.par.self_frame,
+                                td.off, td.planes, td.uni, 0.0, 0.0, m.par.b,
                                 True, m.ytab, m._s0, m._sinv, m._u0, m._uinv, m._yref.copy(),
                                 m._sref.copy(), m._lip, m.mode, m._done.copy(), m._over.copy())
     assert np.array_equal(S, m.S)  # no increments: S unchanged
@@ -439,23 +436,17 @@ def test_quarter_planes_give_the_whole_kernel(L):
     assert np.abs(Q[1]).max() > 0.1 * np.abs(Q[0]).max()  # the odd planes are not trivial
 
 
-def test_site_average_kernel_matches_quadrature():
-    """Site averages of a smooth radial function against adaptive quadrature
-    over the square site at the minimum-image offset; the self site is scaled
-    by (n - 1)/n."""
-    L, a, n = 16, 3.0, 7.0
+def test_site_kernel_is_the_law_at_the_lattice_distances():
+    """Entry [dx, dy] is c(a |d|) at the minimum-image offset, the source
+    itself c(0); symmetric under x <-> y and each mirror."""
+    L, a = 16, 3.0
     c = lambda r: np.exp(-np.asarray(r) / 4.0) * (1 + 0.1 * np.asarray(r))
-    K = site_average_kernel(c, L, a, n)
-    f = lambda y, x: float(c(a * math.hypot(x, y)))
+    K = site_kernel(c, L, a)
     for dx, dy in [(0, 0), (1, 0), (0, 2), (3, 1), (15, 1), (8, 8), (12, 5)]:
         mx, my = min(dx, L - dx), min(dy, L - dy)
-        ref = dblquad(f, mx - 0.5, mx + 0.5, my - 0.5, my + 0.5, epsabs=0, epsrel=1e-12)[0]
-        rel = 1e-9
-        if (dx, dy) == (0, 0):
-            ref *= (n - 1) / n
-            rel = 1e-7  # c(|r|) has a conical point at r = 0, inside this site
-        assert K[dx, dy] == pytest.approx(ref, rel=rel), (dx, dy)
-    np.testing.assert_allclose(K, K.T, rtol=1e-14)
+        assert K[dx, dy] == pytest.approx(float(c(a * math.hypot(mx, my))), rel=1e-15), (dx, dy)
+    np.testing.assert_array_equal(K, K.T)
+    np.testing.assert_array_equal(K[1:, :], K[:0:-1, :])
 
 
 def test_radial_profile_interpolates_and_extrapolates(cal):
@@ -463,10 +454,10 @@ def test_radial_profile_interpolates_and_extrapolates(cal):
     r, v = cal.curves["c0"]["r"], cal.curves["c0"]["value"]
     fit = cal.curves["c0"]["fit"]
     np.testing.assert_allclose(c(r), v, rtol=1e-15)
-    assert c(np.array([0.1]))[0] == v[0]
+    assert r[0] == 0.0 and c(np.array([-1.0]))[0] == v[0]       # the site itself at r = 0
     mid = 0.5 * (r[3] + r[4])
     assert c(np.array([mid]))[0] == pytest.approx(0.5 * (v[3] + v[4]), rel=1e-14)
-    far = np.array([20.0, 50.0])
+    far = np.array([60.0, 90.0])
     np.testing.assert_allclose(c(far), fit["sign"] * fit["amplitude"].value * far ** -fit["exponent"].value)
 
 
