@@ -27,11 +27,13 @@ from ..lattice.calibration import (REQUIRED_CURVES, REQUIRED_SCALARS, SCALARS, C
                                    parse_calibration, placeholder_calibration)
 from .events import relaxation
 from .fits import bootstrap, mean_quantity
+from .extract import _grid
 from .lattice_mapping import (SITE_FACTOR, g2_entry, histogram_entry, p_s_sites, site_size,
-                              source_strength_from_drops, strain_profiles_entry, yield_strain_sites,
-                              yield_table_entry)
+                              source_strength, source_strength_from_drops, strain_profiles_entry,
+                              yield_strain_sites, yield_table_entry)
 from .site_events import SiteSamples, lattice_distance_edges, measure_sites
 from .softness_change import softness_change
+from .strain_fields import strain_fields
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +189,21 @@ def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
         frames_per_rearrangement=mean_quantity(ev.frames.astype(float), "frames", "frames",
                                                "frames a site rearrangement lasts", n_boot, seed),
         plastic_strain=meas.rearrangement_stats["plastic_strain"],
-        source_strength=source_strength_from_drops(ev, sites.plastic, n_boot, seed),
+        source_strength_drops=source_strength_from_drops(ev, sites.plastic, n_boot, seed),
         site_strain_sd=_strain_sd(sites.initial_e, n_boot, seed))
     measured["d2min_length"] = xi_q
     for k in ("c_dev", "bg_dev", "c_xy", "bg_xy", "k_sin2"):
         measured[k] = fits.get(k)
     measured["compression_length"] = fits.get("compression_length")
+    p = meas.params
+    site_ff = strain_fields(sites.fields, r_edges=_grid(p.get("field_r", (0.5, 15.0, 0.5))),
+                            n_theta=int(p.get("field_n_theta", 16)),
+                            fit_range=tuple(p.get("field_fit_range", (2.0, 8.0))),
+                            iso_range=tuple(p.get("field_iso_range", (1.0, 8.0))), n_boot=n_boot, seed=seed)
+    for k in ("c_dev", "c_xy", "k_sin2"):
+        measured[f"{k}_site"] = site_ff.fits[k]
+    measured["source_strength"] = source_strength(site_ff.fits["c_dev"], measured["frames_per_rearrangement"],
+                                                  meas.elastic["nu_relaxed"], ev.e_el, n_boot=n_boot, seed=seed)
     # the lattice's yield table: the site's elastic strain at the onset of
     # every site event (the variable the lattice triggers on), by site S
     ys_table, ys = None, None

@@ -3,7 +3,7 @@ particles that were not used to calibrate it? (SPEC.md section 6.)
 
 One row per item, each with the particle value +- error, the lattice value
 +- error, the band and a verdict: True (inside the band), False (outside)
-or None (undecided: too little data on one side, NaN). The particle side
+or None (undecided: NaN or fewer than 2 units on one side). The particle side
 should come from held-out runs (``held_out``: none of the trajectories is
 among the calibration's inputs); the lattice side from runs at the same
 physical size (L a = the particle box side) with every number from the
@@ -30,9 +30,10 @@ Rows (``closure_rows``):
   rearrangement. Errors: standard error over frames (particles, all
   sites), over avalanches (lattice, all sites), bootstrap over onsets
   (rearranging sites). Bands: mean within 0.1, width within 20 %.
-- ``far field``: c_dev, c_xy, k_sin2 of one rearrangement, per frame
-  (``strain_fields`` conventions). Particles: ``strain_fields`` on the
-  isolated events of the runs. Lattice: its far field is analytic (the
+- ``far field``: c_dev, c_xy, k_sin2 of one site rearrangement, per
+  frame (``strain_fields`` conventions). Particles: ``strain_fields`` on
+  the frame pairs with exactly one rearranging site
+  (calibrate/site_events.py), as the calibration measures it. Lattice: its far field is analytic (the
   kernels match the continuum within 1 % from 16 sites, docs/model.md):
   a rearrangement releases (p1, p2) a^2 / n_f per frame, so c_dev =
   (1 + nu) <|P|> / pi, c_xy = (1 + nu) <|P|> / pi^2 (the angular mean of
@@ -42,9 +43,10 @@ Rows (``closure_rows``):
 - ``avalanche plastic strain``: the two-sample Kolmogorov-Smirnov test of
   the positive plastic strains of the second half (band: p > 0.05) and
   the mean (standard errors; band: within 25 %).
-- ``g2 anisotropy``: the sin 2 theta and cos 4 theta amplitudes of
-  g2(r, theta) (``g2_anisotropy``), pooled over the lags <= 2 and the r
-  bins in [``G2_R_MIN``, ``G2_R_MAX``]. Particles and STEP must be
+- ``g2 anisotropy``: the sin 2 theta and cos 4 theta amplitudes of the
+  rearranger pairs' angles (``g2_anisotropy``; for a lattice relative to
+  its uncorrelated-pair geometry, ``lattice_geometry``), pooled over the
+  lags <= 2 and the r bins in [``G2_R_MIN``, ``G2_R_MAX``]. Particles and STEP must be
   consistent with 0 (|A| <= 2 sigma); the e2-trigger ablation, when it was
   run, must be resolvably anisotropic (|A| > 2 sigma in at least one).
 - ``dS(r)``: the site-level c0(r) the lattice applies (the calibration's
@@ -62,7 +64,7 @@ import numpy as np
 #: blocks per run of the second half of the strain range (stress errors)
 STRESS_BLOCKS = 5
 #: g2 anisotropy: r range (lengths) and the lags pooled
-G2_R_MIN, G2_R_MAX = 2.0, 12.0
+G2_R_MIN, G2_R_MAX = 2.0, 20.0
 G2_LAGS = (0, 1, 2)
 
 
@@ -117,16 +119,21 @@ def _sem(x):
     return float(x.mean()), err, int(x.size)
 
 
+def _decidable(*ds):
+    """Both sides finite and measured on at least 2 units."""
+    return all(math.isfinite(d["value"]) and d["n"] >= 2 for d in ds)
+
+
 def _relative_row(item, p, lat, tol, note=""):
     ok = None
-    if all(math.isfinite(d["value"]) for d in (p, lat)) and p["value"] != 0:
+    if _decidable(p, lat) and p["value"] != 0:
         ok = bool(abs(lat["value"] / p["value"] - 1.0) <= tol)
     return Row(item, p, lat, f"within {100 * tol:g} %", ok, note)
 
 
 def _absolute_row(item, p, lat, tol, note=""):
     ok = None
-    if all(math.isfinite(d["value"]) for d in (p, lat)):
+    if _decidable(p, lat):
         ok = bool(abs(lat["value"] - p["value"]) <= tol)
     return Row(item, p, lat, f"within {tol:g}", ok, note)
 
@@ -213,42 +220,68 @@ def lattice_far_field(p1, p2, a, n_frames, nu):
     return out
 
 
-def g2_anisotropy(pc, lags=G2_LAGS, r_min=G2_R_MIN, r_max=G2_R_MAX):
-    """{"sin2": {value, error, n}, "cos4": ...}: relative amplitudes
-    A_m = 2 <g2(theta) f_m(theta)>_theta / <g2>_theta, f = sin 2 theta,
-    cos 4 theta, of the (r, theta) maps of ``pc`` (a PairCorrelation),
-    per r bin in [r_min, r_max] and lag in ``lags`` (bins whose whole
-    theta row is finite), combined with inverse-variance weights; errors
-    propagated from the maps' bootstrap errors (independent bins)."""
-    out = {}
+def lattice_geometry(L, a):
+    """expected(r_lo, r_hi, theta_edges): the number of site offsets d != 0
+    of an L x L periodic lattice (minimum image, side a) whose distance
+    a |d| lies in [r_lo, r_hi) and angle in each theta bin: the angular
+    density of pairs of uncorrelated sites, which is not uniform at lattice
+    distances (the square lattice puts its offsets at particular angles)."""
+    idx = np.arange(L)
+    idx = np.where(idx > L // 2, idx - L, idx)
+    X, Y = np.meshgrid(idx, idx, indexing="ij")
+    r = a * np.hypot(X, Y).ravel()
+    th = np.mod(np.arctan2(Y, X).ravel(), 2 * np.pi)
+
+    def expected(r_lo, r_hi, edges):
+        sel = (r >= r_lo) & (r < r_hi) & (r > 0)
+        t = np.mod(th[sel] - edges[0], 2 * np.pi) + edges[0]
+        return np.histogram(t, edges)[0].astype(float)
+    return expected
+
+
+def g2_anisotropy(pc, lags=G2_LAGS, r_min=G2_R_MIN, r_max=G2_R_MAX, geometry=None):
+    """{"sin2": {value, error, n}, "cos4": ...}: the relative amplitudes
+    A_m = 2 <f_m(theta)> of the rearranger pairs' angles, f = sin 2 theta,
+    cos 4 theta, from the pair counts of the (r, theta) maps of ``pc`` (a
+    PairCorrelation) in the r rows within [r_min, r_max] and the lags in
+    ``lags``. Each row's counts n_ij are divided by the relative density
+    of uncorrelated pairs per theta bin g_ij (1 for particles; for a
+    lattice ``geometry`` (r_lo, r_hi, theta edges) -> counts,
+    ``lattice_geometry``; rows with a theta bin that no site offset reaches
+    are left out) and pooled, d_j = sum_i n_ij / g_ij; A = 2 sum_j d_j f_j /
+    sum_j d_j. Error: Poisson counts (pairs sharing a rearranger are not
+    independent: an estimate); n: the pairs used. NaN with no pair."""
     if pc is None:
         return {"sin2": _nan(), "cos4": _nan()}
-    for name, f in (("sin2", lambda t: np.sin(2 * t)), ("cos4", lambda t: np.cos(4 * t))):
-        vals, errs, n = [], [], 0
-        for lag, m in zip(pc.lags, pc.angular):
-            if int(lag) not in lags:
-                continue
-            w = f(np.asarray(m.theta))
-            for i, r in enumerate(m.r):
-                g, e = m.value[i], m.error[i]
-                if not (r_min <= r <= r_max) or not np.all(np.isfinite(g)) or g.mean() <= 0:
-                    continue
-                nt = g.size
-                A = 2.0 * np.sum(g * w) / np.sum(g)
-                # dA/dg_j = (2 w_j - A) / sum(g)
-                err = math.sqrt(np.sum(((2 * w - A) / np.sum(g) * np.where(np.isfinite(e), e, 0.0)) ** 2))
-                if nt < 4 or not math.isfinite(A):
-                    continue
-                vals.append(A)
-                errs.append(err)
-                n += int(np.sum(m.n[i]))
-        vals, errs = np.array(vals), np.array(errs)
-        good = np.isfinite(errs) & (errs > 0)
-        if not good.any():
-            out[name] = _nan()
+    d, var_w, n_used, theta = None, None, 0, None
+    rows = []
+    for lag, m in zip(pc.lags, pc.angular):
+        if int(lag) not in lags or m.r.size < 2:
             continue
-        wgt = 1.0 / errs[good] ** 2
-        out[name] = _v(np.sum(wgt * vals[good]) / np.sum(wgt), 1.0 / math.sqrt(np.sum(wgt)), n)
+        theta = np.asarray(m.theta, float)
+        nt = theta.size
+        edges = np.concatenate([theta - np.pi / nt, [theta[-1] + np.pi / nt]])
+        r_edges = np.concatenate([[1.5 * m.r[0] - 0.5 * m.r[1]], 0.5 * (m.r[1:] + m.r[:-1]),
+                                  [1.5 * m.r[-1] - 0.5 * m.r[-2]]])
+        for i, r in enumerate(m.r):
+            cnt = np.asarray(m.n[i], float)
+            if not (r_min <= r <= r_max) or cnt.sum() < 1 or nt < 4:
+                continue
+            geo = np.ones(nt) if geometry is None else geometry(r_edges[i], r_edges[i + 1], edges)
+            if np.any(geo <= 0):
+                continue
+            rows.append((cnt, geo / geo.mean()))
+    if not rows:
+        return {"sin2": _nan(), "cos4": _nan()}
+    d = sum(c / g for c, g in rows)
+    n_used = int(sum(c.sum() for c, _ in rows))
+    tot = d.sum()
+    out = {}
+    for name, f in (("sin2", np.sin(2 * theta)), ("cos4", np.cos(4 * theta))):
+        A = 2.0 * np.sum(d * f) / tot
+        # dA/dn_ij = (2 f_j - A) / (g_ij tot), Poisson var(n_ij) = n_ij
+        var = sum(np.sum(((2 * f - A) / (g * tot)) ** 2 * c) for c, g in rows)
+        out[name] = _v(A, math.sqrt(var), n_used)
     return out
 
 
@@ -345,7 +378,8 @@ def closure_rows(particles, step, cal, e2=None, held_out=True):
         q = pf.get(name)
         p = _v(q.value, q.error, q.n) if q is not None else _nan()
         rows.append(_relative_row(f"far field {name}", p, lf.get(name, _nan()), 0.15,
-                                  "particles: isolated events" + ("" if p["n"] else " (none found)")))
+                                  "per frame of one rearranging site (particles: frame pairs with "
+                                  "exactly one" + ("" if p["n"] else "; none found") + ")"))
     # avalanche plastic strain
     pp = _steady(particles.plastic, x.get("plastic_gamma"), gmax)
     lp = cat([_steady(r.plastic, r.extra.get("plastic_gamma"),
@@ -362,8 +396,9 @@ def closure_rows(particles, step, cal, e2=None, held_out=True):
     rows.append(_relative_row("avalanche plastic strain: mean", _v(*_sem(pp)), _v(*_sem(lp)), 0.25))
     # g2 anisotropy
     pa = g2_anisotropy(particles.g2)
-    la = _pool_anisotropy([g2_anisotropy(r.g2) for r in step])
-    ea = _pool_anisotropy([g2_anisotropy(r.g2) for r in e2]) if e2 else None
+    lat_aniso = (lambda r: g2_anisotropy(r.g2, geometry=lattice_geometry(r.extra["L"], r.extra["a"])))
+    la = _pool_anisotropy([lat_aniso(r) for r in step])
+    ea = _pool_anisotropy([lat_aniso(r) for r in e2]) if e2 else None
     for name, label in (("sin2", "g2 sin 2theta amplitude"), ("cos4", "g2 cos 4theta amplitude")):
         rows.append(_zero_row(label, pa[name], la[name], None if ea is None else ("e2 trigger", ea[name])))
     if e2 is None:

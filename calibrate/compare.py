@@ -408,14 +408,11 @@ def measure_particles(pairs, cfg, cal, progress=None):
     params = replace(ExtractParams(), species="both", lags=(1,), n_boot=0)
     g2_avs, sizes, plastic, plastic_g = [], [], [], []
     ps_all, ps_re, runs = [], [], []
-    iso_fields = []
     n_empty = n_av = 0
     sel_name = cfg.species
     cl_name = cfg.cluster_species
     for tp, ap in pairs:
         ex = extract(tp, ap, params, want=("avalanches", "rearrangements"), progress=progress)
-        iso = extract(tp, ap, ExtractParams(n_boot=0), want=("isolated",), progress=progress).isolated
-        iso_fields += iso.field
         with Trajectory(tp) as t, SoftnessAnalysis(ap) as an:
             species = np.asarray(t.species, np.int64)
             Lx, Ly = t.box_lengths
@@ -485,10 +482,10 @@ def measure_particles(pairs, cfg, cal, progress=None):
     res.ds_kernel = {"c0": (c0.r, c0.value, c0.error), "c1": (d, sc.c1.value, sc.c1.error)}
     res.extra.update(a=a, mu=mu, files=len(pairs), ps_site_all_gamma=sites.gammas,
                      ps_site_all_frames=sites.frames, ps_site_rearr_gamma=ev.gamma,
-                     plastic_gamma=np.asarray(plastic_g, float), isolated_events=len(iso_fields),
-                     site_events=len(ev), c0_measured=c0)
-    # one rearrangement's far field, measured as the calibration does
-    sf = strain_fields(iso_fields, n_boot=cfg.n_boot, seed=cfg.seed)
+                     plastic_gamma=np.asarray(plastic_g, float), site_events=len(ev),
+                     single_site_frames=len(sites.fields), c0_measured=c0)
+    # one site rearrangement's far field per frame, measured as the calibration does
+    sf = strain_fields(sites.fields, n_boot=cfg.n_boot, seed=cfg.seed)
     res.extra["far_field"] = {k: sf.fits[k] for k in ("c_dev", "c_xy", "k_sin2")}
     return res
 

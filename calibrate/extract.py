@@ -797,6 +797,17 @@ def _file_mean(values, unit, desc):
     return quantity(float(v.mean()), err, v.size, None, unit, desc)
 
 
+def _poisson(lam, mu, kind):
+    """nu = lambda / (lambda + 2 mu) of the mean lambda and mu (the 2-D
+    Poisson ratio as the calibration file defines it; a file's own nu is
+    c12/c11, which differs for a slightly anisotropic packing), error
+    propagated from theirs."""
+    value = lam.value / (lam.value + 2 * mu.value)
+    err = 2 * math.hypot(mu.value * lam.error, lam.value * mu.error) / (lam.value + 2 * mu.value) ** 2
+    return quantity(value, err, min(lam.n, mu.n), None, "1",
+                    f"nu ({kind}) = lambda/(lambda + 2 mu) of the mean lambda, mu")
+
+
 def measure(pairs, params: ExtractParams = ExtractParams(), progress=None) -> Measurements:
     """Extract from every (trajectory, analysis file) pair and run every
     measurement function (SPEC.md section 4).
@@ -838,11 +849,11 @@ def measure(pairs, params: ExtractParams = ExtractParams(), progress=None) -> Me
     curve, xi = d2min_corr_curve(exs, floor=p.corr_floor, model=p.corr_model)
     el = {}
     for kind in ("relaxed", "instantaneous"):
-        for key, name, unit in (("lam", "lambda", "energy/length^2"),
-                                ("mu", "mu", "energy/length^2"), ("nu", "nu", "1")):
+        for key, name, unit in (("lam", "lambda", "energy/length^2"), ("mu", "mu", "energy/length^2")):
             el[f"{name}_{kind}"] = _file_mean(
                 [ex.elastic.get(kind, {}).get(key) for ex in exs], unit,
                 f"{name} ({kind}) of the initial packing, mean over files")
+        el[f"nu_{kind}"] = _poisson(el[f"lambda_{kind}"], el[f"mu_{kind}"], kind)
     cq = comp.compression_fit([c for ex in exs for c in ex.compression], el["nu_relaxed"].value,
                               min_events=p.compression_min_events, radius=p.compression_radius, **kw)
     rho = _file_mean([ex.n_particles / ex.area for ex in exs], "1/length^2",

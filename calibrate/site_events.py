@@ -176,6 +176,16 @@ def single_active_pairs(F0, E):
     return {i: owner[i] for i, c in count.items() if c == 1}
 
 
+def _cell_centre(pos, members, box):
+    """The mean position of a cell's particles (minimum image about the
+    first of them in the sheared box)."""
+    from .fits import min_image
+    p = pos[members]
+    if len(p) == 0:
+        return np.full(2, np.nan)
+    return p[0] + min_image(p - p[0], box).mean(axis=0)
+
+
 def cells_of(pos, box, a):
     """site_index, and the number of cells and their area for ``box``."""
     n1, n2 = site_grid(box, a)
@@ -195,6 +205,10 @@ class SiteSamples:
         shear modulus, the lattice's).
     softness: [SoftnessEvent] of the single-active frame pairs, in index
         space (module docstring).
+    fields: [strain_fields.FieldEvent] of the same pairs: every particle's
+        J strain of the pair around the active site's centre (the mean
+        position of its particles in the pair's first frame): the far field
+        of one site rearrangement, frame by frame.
     plastic: {(traj, avalanche id): plastic strain x area of the avalanche,
         stress drop x V / (2 mu)}.
     initial_e: (m, 2) the site elastic strain (site stress / 2 mu) of every
@@ -211,6 +225,7 @@ class SiteSamples:
     rearrangers: np.ndarray
     events: SiteEvents
     softness: list
+    fields: list
     plastic: dict
     initial_e: np.ndarray
     n_frames: int = 0
@@ -232,12 +247,13 @@ def measure_sites(pairs, runs_list, a, mu, sample_every=50, progress=None) -> Si
     from ..particles.state import State
     from ..particles.trajectory import Trajectory
     from .softness_change import SoftnessEvent
+    from .strain_fields import FieldEvent
 
     empty = SiteSamples(a, np.zeros(0), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0),
-                        SiteEvents.concat([]), [], {}, np.zeros((0, 2)), 0)
+                        SiteEvents.concat([]), [], [], {}, np.zeros((0, 2)), 0)
     if not (math.isfinite(a) and a > 0):
         return empty
-    sites, frames, gammas, parts, rear, evs, soft, plastic, init = [], [], [], [], [], [], [], {}, []
+    sites, frames, gammas, parts, rear, evs, soft, fields, plastic, init = [], [], [], [], [], [], [], [], {}, []
     for ti, ((tp, ap), runs) in enumerate(zip(pairs, runs_list)):
         if progress:
             progress(f"site events and site softness: {ap}")
@@ -319,7 +335,10 @@ def measure_sites(pairs, runs_list, a, mu, sample_every=50, progress=None) -> Si
                 soft.append(SoftnessEvent(xs[cell[j]].copy(), xs, ibox, s_site,
                                           cell_means(S_b - S_a, cells, nc), cell_means(k, cells, nc),
                                           float(np.nanmean(s_site))))
+                fields.append(FieldEvent(_cell_centre(pos, cells == cell[j], box), pos, box, k,
+                                         an.field("eps_dev", int(i)).astype(float),
+                                         an.field("e2", int(i)).astype(float)))
     cat = (lambda x, dt=float: np.concatenate(x) if x else np.zeros(0, dt))
     return SiteSamples(a, cat(sites), cat(frames, np.int64), cat(gammas), cat(parts), cat(rear),
                        SiteEvents.concat(evs),
-                       soft, plastic, np.concatenate(init) if init else np.zeros((0, 2)), len(sites))
+                       soft, fields, plastic, np.concatenate(init) if init else np.zeros((0, 2)), len(sites))

@@ -74,10 +74,17 @@ def test_small_run_is_flagged_not_calibrated(calibration, small_run):
     for name in ("compression_p", "softness_b"):
         assert cal.scalars[name].n == 0 and "placeholder" in cal.scalars[name].flag
         assert name in cal.description
-    # the source strength comes from the stress drops of every avalanche
+    # the source strength from the far field of the frames with one rearranging
+    # site: pi n_f c_dev / ((1 + nu) <|e_el|>); the stress drops' value beside it
     with Trajectory(small_run.traj) as t:
         n_av = t.n_avalanches
-    assert cal.scalars["source_strength"].n == n_av > 0 and cal["source_strength"] > 0
+    q, c = cal.scalars["source_strength"], cal.scalars["c_dev_site"]
+    assert q.n > 0 and c.n > 0 and q.flag is None
+    meas = measure([(small_run.traj, small_run.analysis)], ExtractParams(n_boot=0))
+    ev = site_samples([(small_run.traj, small_run.analysis)], meas, 3.0, sample_every=10).events
+    want = math.pi * ev.frames.mean() * c.value / ((1 + cal["nu_relaxed"]) * np.hypot(*ev.e_el.T).mean())
+    assert cal["source_strength"] == pytest.approx(want, rel=1e-6)
+    assert cal.scalars["source_strength_drops"].n == n_av > 0
     ph = placeholder_calibration()
     assert cal["softness_b"] == ph["softness_b"]
     # placeholder times keep their value in frames of the measured time per frame

@@ -49,7 +49,9 @@ def full_file():
            "c_xy": q(0.04), "bg_xy": q(2e-5), "k_sin2": q(-0.02), "compression_length": q(1.7),
            "plastic_strain": q(0.3), "yield_a": q(0.05), "yield_b": q(-0.008),
            "d2min_length": q(None, None, 0, flag="no D2min correlation measured"),
-           "self_change": q(-0.02), "self_change_particle": q(-0.03), "softness_b_particle": q(4.0)}
+           "self_change": q(-0.02), "self_change_particle": q(-0.03), "softness_b_particle": q(4.0),
+           "source_strength_drops": q(100.0), "c_dev_site": q(0.04), "c_xy_site": q(0.014),
+           "k_sin2_site": q(-0.001)}
     assert set(opt) == set(OPTIONAL_SCALARS)
     d["scalars"].update(opt)
     r = [0.5, 1.5, 2.5, 3.5]

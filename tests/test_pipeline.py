@@ -63,7 +63,7 @@ def test_tiny_pipeline_runs_every_stage_and_outputs_pass_their_schema(tiny):
         assert m["status"] == "done" and m["hash"] == res.stages[s].hash
         assert all(Path(p).exists() for p in m["outputs"])
     trajs = sorted(glob.glob(str(root / "particles" / "*" / "trajectory.h5")))
-    assert len(trajs) == 2 and trajs == sorted(markers["particles"]["outputs"])
+    assert len(trajs) == 3 and trajs == sorted(markers["particles"]["outputs"])   # 2 train, 1 held out
     for t in trajs:
         trajectory.validate(t)
         analysis_file.validate(Path(t).with_name("analysis.h5"))
@@ -71,10 +71,16 @@ def test_tiny_pipeline_runs_every_stage_and_outputs_pass_their_schema(tiny):
     cal_path = next(p for p in markers["calibrate"]["outputs"] if p.endswith("calibration.json"))
     cal = load_calibration(cal_path)
     assert cal.scalars
+    # calibrated on the training seeds only: the held-out seed is not an input
+    used = {i["path"] for i in cal.inputs}
+    assert sum("seed2_" in p for p in used) == 0 and sum("seed0_" in p for p in used) == 2
     lat = markers["lattice"]["outputs"]
     assert len(lat) == 4
     for p in lat:
         attrs = check_schema(p)
+        # the particle box's size: N = 128 at the calibrated density and site side, at least 8
+        side = (128 / cal["number_density"]) ** 0.5
+        assert int(attrs["L"]) == max(8, round(side / cal["site_size"]))
         assert attrs["calibration_sha256"] == cal.sha256()
         assert load_run(p)["avalanches"]["size"].size > 0
     assert {Path(p).parent.name.split("_L")[0] for p in lat} == \
@@ -100,6 +106,13 @@ def test_comparison_page_lists_every_figure(tiny):
     assert "smoke-test" in page  # the preset's note on the page
     for label in ("step", "classic", "no_volumetric", "e2_trigger"):
         assert label in page
+    # the closure table on the held-out seed, with the calibration's status
+    summary = json.loads((original.parent / "summary.json").read_text())
+    closure = summary["closure"]
+    assert closure["held_out"] is True and len(closure["rows"]) == 13
+    assert closure["passed"] + closure["failed"] + closure["undecided"] == 13
+    assert "Closure: particles (held-out)" in page and "Calibration status" in page
+    assert summary["calibration_status"]["calibrated"] is False
 
 
 def test_second_invocation_skips_every_stage(tiny, caplog):
