@@ -514,3 +514,39 @@ def test_default_realspace_max_sources_follows_from_L(cal):
     assert values[2:6] == [5, 10, 16, 21]
     assert STEPModel(64, cal, ModelOptions()).realspace_max_sources == 5
     assert STEPModel(64, cal, ModelOptions(), realspace_max_sources=0).realspace_max_sources == 0
+
+
+# -- the model's bounds and the initial strain field ----------------------------------
+
+def test_source_strength_beyond_a_sites_reach_is_bounded_and_runs_stably():
+    """A calibrated kappa above 1/|G(0)| (the site would overshoot its own
+    strain and the dynamics run away) is bounded to it, and a relaxation
+    phi below |G(0)| kappa gives the elastic self term: the run stays finite,
+    and the run file's parameters record both."""
+    d = placeholder_calibration().to_json()
+    d["scalars"]["source_strength"]["value"] = 400.0          # 16 site areas at a = 5
+    d["scalars"]["relaxed_fraction"]["value"] = 0.05
+    cal = parse_calibration(json.loads(json.dumps(d)), "huge kappa")
+    m = STEPModel(16, cal, ModelOptions(), seed=1)
+    K = EshelbyKernels(16, cal["lambda_relaxed"], cal["mu_relaxed"])
+    st = K.self_term()
+    assert m.kappa_calibrated == pytest.approx(16.0)
+    assert m.par.kappa == pytest.approx(1.0 / max(-st[1, 0], -st[2, 1]), rel=1e-12)
+    assert m.self_clipped and m.self1 == pytest.approx(st[1, 0], abs=1e-14)
+    while m.gamma < 0.3:
+        m.avalanche()
+    assert np.all(np.isfinite(m.e1)) and np.all(np.isfinite(m.e2)) and np.all(np.isfinite(m.S))
+    assert np.abs(m.e2).max() < 1.0
+
+
+def test_initial_strain_field_has_the_calibrated_spread_and_no_stress():
+    """e1, e2 start as Gaussians of spread site_strain_sd with the lattice
+    mean removed (zero initial stress), the same bits for the same seed."""
+    cal = placeholder_calibration()
+    a, b = STEPModel(64, cal, ModelOptions(), seed=4), STEPModel(64, cal, ModelOptions(), seed=4)
+    sd = cal["site_strain_sd"]
+    for f in (a.e1, a.e2):
+        assert abs(f.mean()) < 1e-17 and f.std() == pytest.approx(sd, rel=0.05)
+    assert abs(np.corrcoef(a.e1.ravel(), a.e2.ravel())[0, 1]) < 0.05
+    np.testing.assert_array_equal(a.e1, b.e1)
+    assert a.stress() == pytest.approx(0.0, abs=1e-17)
