@@ -71,8 +71,11 @@ def run(cfg: CalibrateConfig, resolved_yaml: str):
     site_q = choose_site(meas, cfg.site.size, cfg.site.factor)
     a = site_q.value
     if not math.isfinite(a):
-        log.warning("no site side (%s): site softness not sampled; set site.size", site_q.flag)
-    log.info("site side a = %.4g; sampling site softness", a)
+        from ..lattice.calibration import placeholder_calibration
+        a = placeholder_calibration()["site_size"]
+        log.warning("no site side (%s): the site-level laws are measured at the placeholder "
+                    "a = %g, which the file then carries (flagged); set site.size", site_q.flag, a)
+    log.info("site side a = %.4g; coarse-graining on the lattice tiling", a)
     sites = site_samples(pairs, meas, a, cfg.site.sample_every, progress=log.info)
     cal, notes = assemble(meas, sites, site_q, config_yaml=resolved_yaml,
                           code_version=code_version(), n_boot=cfg.measure.n_boot,

@@ -250,7 +250,8 @@ def g2_anisotropy(pc, lags=G2_LAGS, r_min=G2_R_MIN, r_max=G2_R_MAX, geometry=Non
     ``lattice_geometry``; rows with a theta bin that no site offset reaches
     are left out) and pooled, d_j = sum_i n_ij / g_ij; A = 2 sum_j d_j f_j /
     sum_j d_j. Error: Poisson counts (pairs sharing a rearranger are not
-    independent: an estimate); n: the pairs used. NaN with no pair."""
+    independent: an estimate), at least the isotropic sqrt(2 / N); n: the
+    pairs used. NaN with no pair."""
     if pc is None:
         return {"sin2": _nan(), "cos4": _nan()}
     d, var_w, n_used, theta = None, None, 0, None
@@ -279,9 +280,11 @@ def g2_anisotropy(pc, lags=G2_LAGS, r_min=G2_R_MIN, r_max=G2_R_MAX, geometry=Non
     out = {}
     for name, f in (("sin2", np.sin(2 * theta)), ("cos4", np.cos(4 * theta))):
         A = 2.0 * np.sum(d * f) / tot
-        # dA/dn_ij = (2 f_j - A) / (g_ij tot), Poisson var(n_ij) = n_ij
+        # dA/dn_ij = (2 f_j - A) / (g_ij tot), Poisson var(n_ij) = n_ij; at
+        # least the isotropic value 4 <f^2> / N = 2 / N (a few pairs in one
+        # bin would otherwise claim a zero error)
         var = sum(np.sum(((2 * f - A) / (g * tot)) ** 2 * c) for c, g in rows)
-        out[name] = _v(A, math.sqrt(var), n_used)
+        out[name] = _v(A, math.sqrt(max(var, 2.0 / n_used)), n_used)
     return out
 
 
