@@ -106,8 +106,8 @@ def _fig_softness_change(meas):
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xlabel("r")
         ax.legend(fontsize=7)
-    return fig, ("Softness change per frame of a particle at r from a rearranger: "
-                 "dS = c0(r) + c1(r)(S - <S>) + b k.")
+    return fig, ("Softness change per frame of a particle at r from a rearranger (the per-particle "
+                 "law, reported as c0_particle, c1_particle): dS = c0(r) + c1(r)(S - <S>) + b k.")
 
 
 def _fig_yield(meas):
@@ -130,9 +130,37 @@ def _fig_yield(meas):
     _log(ax, x=False)
     if ax.get_lines():
         ax.legend(fontsize=7)
-    return fig, ("Yield strain vs softness: eps_dev of the neighbourhood accumulated over a "
-                 "window before a rearrangement starts; medians with bootstrap errors, bands "
-                 "from the lowest to the highest quantile level.")
+    return fig, ("Yield strain vs particle softness in J strain (reported, not read by the "
+                 "lattice): eps_dev of the neighbourhood accumulated over a window before a "
+                 "rearrangement starts; medians with bootstrap errors, bands from the lowest to "
+                 "the highest quantile level.")
+
+
+def _fig_site(cal):
+    """The laws the lattice reads, measured on the lattice tiling."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name in ("c0", "c1"):
+        c = cal.curves[name]
+        _errorbar(axes[0], c["r"], c["value"], c["error"], label=f"{name}(r)")
+    axes[0].axhline(0, color="k", lw=0.5)
+    axes[0].set_xscale("symlog", linthresh=1.0)
+    axes[0].set_xlabel("r between site centres (0 = the rearranging site)")
+    axes[0].set_ylabel("per frame")
+    axes[0].legend(fontsize=7)
+    y = cal.curves["yield_strain"]
+    mid = y["value"].shape[1] // 2
+    axes[1].plot(y["s"], y["value"][:, mid], "o-", ms=3, label=f"median (u = {y['u'][mid]:.2f})")
+    axes[1].fill_between(y["s"], y["value"][:, 0], y["value"][:, -1], alpha=0.15,
+                         label=f"u = {y['u'][0]:.2f} ... {y['u'][-1]:.2f}")
+    axes[1].set_xlabel("site softness at onset")
+    axes[1].set_ylabel("site eps_dev at onset (stress / 2 mu)")
+    axes[1].legend(fontsize=7)
+    return fig, ("What the lattice reads, measured on the lattice tiling (site events, "
+                 "calibrate/site_events.py): the site-level softness change per frame of a site at "
+                 "distance r from a rearranging site, and the yield table (quantiles of the site's "
+                 "elastic strain at onset by its softness).")
 
 
 def _fig_misc(meas, cal):
@@ -201,8 +229,9 @@ def write_report(path, cal, meas, notes, pairs, counts_extra=None):
     for make in (_fig_strain, _fig_g2, _fig_softness_change, _fig_yield):
         fig, cap = make(meas)
         rep.figure(fig, cap)
-    fig, cap = _fig_misc(meas, cal)
-    rep.figure(fig, cap)
+    for make in (_fig_site, lambda c: _fig_misc(meas, c)):
+        fig, cap = make(cal)
+        rep.figure(fig, cap)
     rep.heading("Config")
     rep.preformatted(cal.config)
     return rep.write(path)

@@ -161,7 +161,7 @@ def test_lattice_runs_from_the_calibration(calibration, tmp_path):
 def test_report_is_written(calibration):
     _, _, out = calibration
     html = (out / "report.html").read_text()
-    assert html.count("<img src='data:image/png;base64,") == 5
+    assert html.count("<img src='data:image/png;base64,") == 6
     for name in REQUIRED_SCALARS:
         assert name in html
 
