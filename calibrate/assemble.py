@@ -27,11 +27,11 @@ from ..lattice.calibration import (REQUIRED_CURVES, REQUIRED_SCALARS, SCALARS, C
                                    parse_calibration, placeholder_calibration)
 from .events import relaxation
 from .fits import bootstrap, mean_quantity
-from .extract import _grid
+from .extract import grid_edges
 from .lattice_mapping import (SITE_FACTOR, g2_entry, histogram_entry, p_s_sites, site_size,
                               source_strength, source_strength_from_drops, strain_profiles_entry,
                               yield_strain_sites, yield_table_entry)
-from .site_events import SiteSamples, lattice_distance_edges, measure_sites
+from .site_events import SiteSamples, measure_sites, site_softness_law
 from .softness_change import softness_change
 from .strain_fields import strain_fields
 
@@ -112,23 +112,18 @@ def _xi_quantity(meas) -> Quantity:
 
 
 def _site_softness_change(sites, params, n_boot, seed):
-    """softness_change of the single-active site frame pairs with one bin
-    per lattice distance class a |d| up to the particle ``ds_r`` range
-    (``site_events.lattice_distance_edges``): (SoftnessChange, {"c0", "c1"}
-    as calibration curves whose r is the class distance, r = 0 the site
-    itself; None where there is no finite bin)."""
-    a = sites.a
-    if not (math.isfinite(a) and a > 0):
-        sc = softness_change([], n_boot=0)
-        return sc, {"c0": None, "c1": None}
-    edges, d = lattice_distance_edges(a, float(params.get("ds_r", (0, 15.0, 0))[1]))
-    sc = softness_change(sites.softness, r_edges=edges, far_range=tuple(params.get("ds_far_range", (4.0, 12.0))),
-                         tail_range=tuple(params.get("ds_tail_range", (1.0, 10.0))), n_boot=n_boot, seed=seed,
-                         keep_origin=True)
+    """``site_events.site_softness_law`` over the particle ``ds_r`` range:
+    (SoftnessChange, {"c0", "c1"} as calibration curves whose r is the class
+    distance, r = 0 the site itself; None where there is no finite bin)."""
+    sc = site_softness_law(sites, float(params.get("ds_r", (0, 15.0, 0))[1]),
+                           params.get("ds_far_range", (4.0, 12.0)), params.get("ds_tail_range", (1.0, 10.0)),
+                           n_boot, seed)
+    if sc is None:
+        return softness_change([], n_boot=0), {"c0": None, "c1": None}
     curves = {}
     for name, c, fit in (("c0", sc.c0, sc.c0_fit), ("c1", sc.c1, sc.c1_fit)):
         keep = np.isfinite(c.value)
-        curves[name] = ({"r": d[keep], "value": c.value[keep], "error": c.error[keep],
+        curves[name] = ({"r": c.r[keep], "value": c.value[keep], "error": c.error[keep],
                          "n": c.n[keep].astype(np.int64), "fit": dict(fit)} if keep.any() else None)
     return sc, curves
 
@@ -196,7 +191,7 @@ def assemble(meas, sites: SiteSamples, site_q: Quantity, config_yaml: str = "",
         measured[k] = fits.get(k)
     measured["compression_length"] = fits.get("compression_length")
     p = meas.params
-    site_ff = strain_fields(sites.fields, r_edges=_grid(p.get("field_r", (0.5, 15.0, 0.5))),
+    site_ff = strain_fields(sites.fields, r_edges=grid_edges(p.get("field_r", (0.5, 15.0, 0.5))),
                             n_theta=int(p.get("field_n_theta", 16)),
                             fit_range=tuple(p.get("field_fit_range", (2.0, 8.0))),
                             iso_range=tuple(p.get("field_iso_range", (1.0, 8.0))), n_boot=n_boot, seed=seed)

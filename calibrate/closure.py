@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fits import bootstrap
+
 #: blocks per run of the second half of the strain range (stress errors)
 STRESS_BLOCKS = 5
 #: g2 anisotropy: r range (lengths) and the lags pooled
@@ -199,11 +201,11 @@ def sample_stats(values, n_boot=200, seed=0):
     x = x[np.isfinite(x)]
     if x.size < 2:
         return _nan(), _nan()
-    rng = np.random.default_rng(seed)
-    reps = np.array([(y.mean(), y.std()) for y in
-                     (x[rng.integers(0, x.size, x.size)] for _ in range(max(n_boot, 2)))])
-    err = reps.std(axis=0, ddof=1)
-    return _v(x.mean(), err[0], x.size), _v(x.std(), err[1], x.size)
+    def stat(w):
+        m = w @ x / w.sum()
+        return {"m": np.array(m), "s": np.array(math.sqrt(w @ (x - m) ** 2 / w.sum()))}
+    val, err, _ = bootstrap(stat, x.size, max(n_boot, 2), seed)
+    return _v(val["m"], err["m"], x.size), _v(val["s"], err["s"], x.size)
 
 
 def lattice_far_field(p1, p2, a, n_frames, nu):
@@ -254,7 +256,7 @@ def g2_anisotropy(pc, lags=G2_LAGS, r_min=G2_R_MIN, r_max=G2_R_MAX, geometry=Non
     pairs used. NaN with no pair."""
     if pc is None:
         return {"sin2": _nan(), "cos4": _nan()}
-    d, var_w, n_used, theta = None, None, 0, None
+    theta = None
     rows = []
     for lag, m in zip(pc.lags, pc.angular):
         if int(lag) not in lags or m.r.size < 2:

@@ -113,7 +113,6 @@ from scipy.sparse.csgraph import connected_components
 from ..lattice.analysis import fit_power_law, log_binned_pdf
 from .correlations import pair_correlation
 from .fits import min_image
-from .softness_change import softness_change
 from .strain_fields import strain_fields
 
 log = logging.getLogger(__name__)
@@ -400,7 +399,7 @@ def measure_particles(pairs, cfg, cal, progress=None):
     from ..particles.analysis_file import SoftnessAnalysis
     from ..particles.trajectory import Trajectory
     from .extract import ExtractParams, extract
-    from .site_events import lattice_distance_edges, measure_sites
+    from .site_events import measure_sites, site_softness_law
 
     res = SourceResult(label="particles", kind="particles")
     mu = float(cal["mu_relaxed"])
@@ -476,10 +475,9 @@ def measure_particles(pairs, cfg, cal, progress=None):
     res.ps_site_all, res.ps_site_rearr = sites.sites, ev.S0
     dS = ev.S1 - ev.S0
     res.self_change = float(np.nanmean(dS)) if np.isfinite(dS).any() else math.nan
-    edges, d = lattice_distance_edges(a, 15.0)
-    sc = softness_change(sites.softness, r_edges=edges, n_boot=cfg.n_boot, seed=cfg.seed, keep_origin=True)
-    c0 = replace(sc.c0, r=d)
-    res.ds_kernel = {"c0": (c0.r, c0.value, c0.error), "c1": (d, sc.c1.value, sc.c1.error)}
+    sc = site_softness_law(sites, n_boot=cfg.n_boot, seed=cfg.seed)
+    c0 = sc.c0
+    res.ds_kernel = {"c0": (c0.r, c0.value, c0.error), "c1": (sc.c1.r, sc.c1.value, sc.c1.error)}
     res.extra.update(a=a, mu=mu, files=len(pairs), ps_site_all_gamma=sites.gammas,
                      ps_site_all_frames=sites.frames, ps_site_rearr_gamma=ev.gamma,
                      plastic_gamma=np.asarray(plastic_g, float), site_events=len(ev),

@@ -134,7 +134,7 @@ _FIELDS = ("softness", "d2min", "k", "e1", "e2", "eps_dev")
 # parameters
 # --------------------------------------------------------------------------
 
-def _grid(spec):
+def grid_edges(spec):
     """(lo, hi, step) -> edges lo, lo + step, ... <= hi (+ 1e-9)."""
     lo, hi, step = spec
     return np.arange(lo, hi + 1e-9 * max(1.0, abs(hi)), step)
@@ -827,20 +827,20 @@ def measure(pairs, params: ExtractParams = ExtractParams(), progress=None) -> Me
     kw = dict(n_boot=p.n_boot, seed=p.seed)
     field_ev = [e for ex in exs for e in ex.isolated.field]
     soft_ev = [e for ex in exs for e in ex.isolated.softness]
-    sf = strain_fields(field_ev, r_edges=_grid(p.field_r), n_theta=p.field_n_theta,
+    sf = strain_fields(field_ev, r_edges=grid_edges(p.field_r), n_theta=p.field_n_theta,
                        fit_range=p.field_fit_range, iso_range=p.field_iso_range, **kw)
     g2 = pair_correlation([av for ex in exs for av in ex.avalanches], lags=p.g2_lags,
-                          r_edges=_grid(p.g2_r), n_theta=p.g2_n_theta,
+                          r_edges=grid_edges(p.g2_r), n_theta=p.g2_n_theta,
                           fit_range=p.g2_fit_range, **kw)
-    sc = softness_change(soft_ev, r_edges=_grid(p.ds_r), far_range=p.ds_far_range,
+    sc = softness_change(soft_ev, r_edges=grid_edges(p.ds_r), far_range=p.ds_far_range,
                          tail_range=p.ds_tail_range, **kw)
-    sc_near = softness_change([e for ex in exs for e in ex.all_events], r_edges=_grid(p.ds_r),
+    sc_near = softness_change([e for ex in exs for e in ex.all_events], r_edges=grid_edges(p.ds_r),
                               far_range=p.ds_far_range, tail_range=p.ds_near_tail_range, **kw)
     selfq = self_change(np.concatenate([ex.self_dS_all for ex in exs]), **kw)
     labels = [f"df={d}" for d in p.lags] + ["since_last"]
     onsets = {lab: Onsets.concat(ex.onsets[lab] for ex in exs) for lab in labels}
     u = np.linspace(0.05, 0.95, p.n_u)
-    ys = {lab: yield_strain(o.S, o.eps, s_edges=_grid(p.s_edges), u=u, min_count=p.min_count, **kw)
+    ys = {lab: yield_strain(o.S, o.eps, s_edges=grid_edges(p.s_edges), u=u, min_count=p.min_count, **kw)
           for lab, o in onsets.items()}
     rearr = [r for ex in exs for r in ex.rearrangements]
     rs = rearrangement_stats(rearr, **kw)

@@ -202,12 +202,21 @@ def site_softness(pos, S, box, a, return_counts=False):
     S = check_array(S, (len(pos),), "S")
     n1, n2 = site_grid(box, a)
     idx = site_index(pos, box, a)
-    ok = np.isfinite(S)
-    cnt = np.bincount(idx[ok], minlength=n1 * n2)
-    tot = np.bincount(idx[ok], S[ok], minlength=n1 * n2)
+    mean = cell_means(S, idx, n1 * n2)
+    if not return_counts:
+        return mean
+    return mean, np.bincount(idx[np.isfinite(S)], minlength=n1 * n2).astype(np.int64)
+
+
+def cell_means(values, cells, n_cells):
+    """(n_cells,) mean of the finite ``values`` per cell index (NaN for a
+    cell without one)."""
+    v = np.asarray(values, float)
+    ok = np.isfinite(v)
+    cnt = np.bincount(cells[ok], minlength=n_cells)
+    tot = np.bincount(cells[ok], v[ok], minlength=n_cells)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
-    return (mean, cnt.astype(np.int64)) if return_counts else mean
+        return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
 
 
 def site_softness_of_particles(pos, S, box, a):

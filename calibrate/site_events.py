@@ -29,7 +29,7 @@ Per site event (``SiteEvents``), with the cell membership of frame F0:
   and at E;
 - avalanche: the avalanche id of frame F0.
 
-Softness change at the site level (``site_softness_events``): the frame
+Softness change at the site level (``site_softness_law``): the frame
 pairs (f -> f + 1) in which exactly one site event is active (F0 <= f < E)
 and no other site rearranges. For such a pair every site j gives a
 ``softness_change.SoftnessEvent`` entry: its S at f, its change
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lattice_mapping import site_grid, site_index
+from .lattice_mapping import cell_means, site_grid, site_index
 
 
 @dataclass
@@ -128,16 +128,6 @@ def cell_stress(virial, cells, n_cells, cell_area):
     return np.column_stack([s1, s2]) / cell_area
 
 
-def cell_means(values, cells, n_cells):
-    """(n_cells,) mean of the finite ``values`` per cell (NaN for none)."""
-    v = np.asarray(values, float)
-    ok = np.isfinite(v)
-    cnt = np.bincount(cells[ok], minlength=n_cells)
-    tot = np.bincount(cells[ok], v[ok], minlength=n_cells)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
-
-
 def index_positions(box, a):
     """(n1 n2, 2) positions a (i1, i2) of the cells in index space and the
     square box (n1 a, n2 a, 0) they live in: minimum-image distances there
@@ -184,6 +174,25 @@ def _cell_centre(pos, members, box):
     if len(p) == 0:
         return np.full(2, np.nan)
     return p[0] + min_image(p - p[0], box).mean(axis=0)
+
+
+def site_softness_law(sites, r_max=15.0, far_range=(4.0, 12.0), tail_range=(1.0, 10.0), n_boot=200,
+                      seed=0):
+    """The site-level softness law of ``sites`` (a SiteSamples): the
+    ``softness_change`` of its single-active frame pairs with one bin per
+    lattice distance class a |d| up to r_max (lengths,
+    ``lattice_distance_edges``), the site itself in bin 0; its c0, c1
+    Curves carry the class distances as r. None without a site side."""
+    from dataclasses import replace
+
+    from .softness_change import softness_change
+
+    if not (math.isfinite(sites.a) and sites.a > 0):
+        return None
+    edges, d = lattice_distance_edges(sites.a, r_max)
+    sc = softness_change(sites.softness, r_edges=edges, far_range=tuple(far_range),
+                         tail_range=tuple(tail_range), n_boot=n_boot, seed=seed, keep_origin=True)
+    return replace(sc, c0=replace(sc.c0, r=d), c1=replace(sc.c1, r=d))
 
 
 def cells_of(pos, box, a):
@@ -309,18 +318,16 @@ def measure_sites(pairs, runs_list, a, mu, sample_every=50, progress=None) -> Si
                 S0[j] = cell_means(softness(f0), cells, nc)[cell[j]]
                 for jj in j:
                     members[jj] = np.flatnonzero(cells == cell[jj])
-            for e in np.unique(E):            # the same particles at the ends
+            for e in np.unique(E):            # the same particles (their onset cells) at the ends
                 j = np.flatnonzero(E == e)
                 pos, box = frame(e)
+                label = np.full(len(pos), len(j), np.int64)   # events ending at e: disjoint cells
+                for q, jj in enumerate(j):
+                    label[members[jj]] = q
                 vir = evaluate(State(pos, radii, Lx, Ly, box[2])).virial_per_particle
-                S = softness(e)
                 area = Lx * Ly / np.prod(site_grid(box, a))
-                for jj in j:
-                    m = members[jj]
-                    v = vir[m].sum(axis=0)
-                    e_end[jj] = (0.5 * (v[0, 0] - v[1, 1]), 0.5 * (v[0, 1] + v[1, 0]))
-                    e_end[jj] /= area * 2 * mu
-                    S1[jj] = np.nanmean(S[m]) if np.isfinite(S[m]).any() else np.nan
+                e_end[j] = cell_stress(vir, label, len(j) + 1, area)[:len(j)] / (2 * mu)
+                S1[j] = cell_means(softness(e), label, len(j) + 1)[:len(j)]
             evs.append(SiteEvents(np.full(n, ti, np.int64), cell, F0, E, np.asarray(seq["gamma"][F0], float),
                                   np.asarray(seq["avalanche"][F0], np.int64), n_runs, e_el, e_end - e_el,
                                   S0, S1))

@@ -5,7 +5,8 @@ softness_change in index space."""
 import numpy as np
 import pytest
 
-from step_epm.calibrate.site_events import (cell_means, cell_stress, group_runs, index_positions,
+from step_epm.calibrate.lattice_mapping import cell_means
+from step_epm.calibrate.site_events import (cell_stress, group_runs, index_positions,
                                             lattice_distance_edges, lattice_distances,
                                             single_active_pairs)
 from step_epm.calibrate.softness_change import SoftnessEvent, softness_change
